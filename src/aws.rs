@@ -1,0 +1,99 @@
+//! Building the Batch, CloudWatch Logs and S3 clients from one `SdkConfig`: endpoints,
+//! credentials and region from the standard AWS chain, a cmake-free rustls HTTP client that
+//! honours `HTTPS_PROXY`/`NO_PROXY`, and the SDK's own retry configuration.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+use crate::error::ConfigError;
+
+/// The three clients mfbatch uses, sharing one configuration.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub batch: aws_sdk_batch::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub s3: aws_sdk_s3::Client,
+    region: String,
+}
+
+/// Choices that are not part of the standard AWS chain.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// `METAFLOW_S3_ENDPOINT_URL`: an S3-compatible store; implies path-style addressing.
+    pub s3_endpoint_url: Option<String>,
+    /// Total attempts per call, including the first (SDK default: 3).
+    pub max_attempts: Option<u32>,
+}
+
+impl Clients {
+    /// Loads the standard chain (environment, `~/.aws/config`, SSO, instance roles), including
+    /// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>`.
+    pub async fn from_environment(options: &ClientOptions) -> Result<Self, ConfigError> {
+        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+            let mut builder = aws_smithy_http_client::Connector::builder()
+                .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
+            builder.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                builder.set_sleep_impl(components.sleep_impl());
+            }
+            builder.tls_provider(Provider::Rustls(CryptoMode::Ring)).build()
+        });
+        let retry = RetryConfig::standard().with_max_attempts(options.max_attempts.unwrap_or(5));
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(retry)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .load()
+            .await;
+        let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        Self::build(&config, options, path_style)
+    }
+
+    /// Builds the clients from a ready configuration (tests, embedders with their own setup).
+    /// A configuration with an endpoint URL gets path-style S3 addressing.
+    pub fn from_sdk_config(config: &SdkConfig, options: &ClientOptions) -> Result<Self, ConfigError> {
+        Self::build(config, options, config.endpoint_url().is_some())
+    }
+
+    fn build(config: &SdkConfig, options: &ClientOptions, path_style: bool) -> Result<Self, ConfigError> {
+        let region = config.region().ok_or(ConfigError::NoRegion)?.to_string();
+        let mut s3 = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(path_style || options.s3_endpoint_url.is_some())
+            // Only send checksums S3 requires: S3-compatible stores (and emulators) often reject the
+            // streaming trailers the SDK adds by default; the bootstrap verifies the SHA-256 anyway.
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &options.s3_endpoint_url {
+            s3 = s3.endpoint_url(endpoint);
+        }
+        let mut batch = aws_sdk_batch::config::Builder::from(config);
+        let mut logs = aws_sdk_cloudwatchlogs::config::Builder::from(config);
+        if let Some(n) = options.max_attempts {
+            let retry = config.retry_config().cloned().unwrap_or_else(RetryConfig::standard).with_max_attempts(n);
+            batch = batch.retry_config(retry.clone());
+            logs = logs.retry_config(retry.clone());
+            s3 = s3.retry_config(retry);
+        }
+        Ok(Clients {
+            batch: aws_sdk_batch::Client::from_conf(batch.build()),
+            logs: aws_sdk_cloudwatchlogs::Client::from_conf(logs.build()),
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            region,
+        })
+    }
+
+    /// The region every client uses; also given to the container as `AWS_DEFAULT_REGION`.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}

@@ -1,0 +1,270 @@
+"""mfbatch bootstrap: fetch, verify, unpack and run one step. Stdlib, Py3.8+,
+run as `python -u -c "$MFBATCH_BOOTSTRAP"`; reads MFBATCH_* and AWS_* env.
+
+Exit: the step's code, 128+N if it died by signal N; before it runs:
+121 download failed (403/404, retries spent); 122 package corrupt (sha256, not
+tar.gz, unsafe member); 123 bad env (MFBATCH_*, no such script); 128+N signal
+N; 127 no python (sh stub); 1 bootstrap bug (traceback).
+"""
+import hmac, json, os, random, re, shutil, signal, subprocess, sys, tarfile
+import tempfile, time, zlib
+from hashlib import sha256
+from http.client import HTTPException
+from urllib import parse, request
+from urllib.error import HTTPError
+
+NETERR = (OSError, HTTPException)  # URLError and timeouts are OSErrors
+_child, _held = [], []  # the running step; signals held while it starts
+
+
+class Fail(Exception):
+    """A failure before the step runs: print one line, exit with `code`."""
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code = code
+
+
+def log(msg):
+    sys.stderr.write("mfbatch-bootstrap: %s\n" % str(msg).replace("\n", " "))
+    sys.stderr.flush()
+
+
+def _get(url, headers, method="GET", timeout=2):
+    req = request.Request(url, headers=headers, method=method)  # no proxy: link-local
+    with request.build_opener(request.ProxyHandler({})).open(req, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def credentials(env):
+    """(key, secret, token) from env, ECS, or IMDSv2; else LookupError."""
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                env.get("AWS_SESSION_TOKEN"))
+    rel = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    uri = "http://169.254.170.2" + rel if rel else env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    try:
+        if uri:
+            tok = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+            doc = _get(uri, {"Authorization": tok} if tok else {}, timeout=5)
+        elif env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+            raise LookupError("none in env, IMDS disabled")
+        else:
+            base = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                    or "http://169.254.169.254").rstrip("/") + "/latest/"
+            hdr = {"X-aws-ec2-metadata-token": _get(
+                base + "api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}, "PUT")}
+            path = base + "meta-data/iam/security-credentials/"
+            doc = _get(path + (_get(path, hdr).split() or ["?"])[0], hdr)
+        d = json.loads(doc)
+        return d["AccessKeyId"], d["SecretAccessKey"], d.get("Token")
+    except NETERR + (ValueError, KeyError) as e:
+        raise LookupError("%s: %s" % ("ECS" if uri else "IMDS", e))
+
+
+def sign(method, url, headers, creds, region, now=None, service="s3"):
+    """SigV4: `headers` (all signed; need x-amz-content-sha256) plus host,
+    x-amz-date, authorization. `url` has an encoded path and no query."""
+    key, secret, token = creds
+    date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    u = parse.urlsplit(url)
+    h = {k.lower(): str(v).strip() for k, v in headers.items()}
+    h.update({"host": u.netloc, "x-amz-date": date})
+    if token:
+        h["x-amz-security-token"] = token
+    names = sorted(h)
+    signed = ";".join(names)
+    creq = "\n".join([method, u.path or "/", "", "".join(k + ":" + h[k] + "\n" for k in names),
+                      signed, h["x-amz-content-sha256"]])
+    scope = "/".join([date[:8], region, service, "aws4_request"])
+    k = ("AWS4" + secret).encode()
+    for part in scope.split("/"):
+        k = hmac.new(k, part.encode(), sha256).digest()
+    sts = "\n".join(["AWS4-HMAC-SHA256", date, scope, sha256(creq.encode()).hexdigest()])
+    h["authorization"] = "AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
+        key, scope, signed, hmac.new(k, sts.encode(), sha256).hexdigest())
+    return h
+
+
+def s3_http_url(bucket, key, region, endpoint=None):
+    key = parse.quote(key, safe="/")  # S3 rules: keep '/' and unreserved only
+    if endpoint:
+        return "%s/%s/%s" % (endpoint.rstrip("/"), bucket, key)
+    if "." in bucket:  # a dotted name breaks the TLS wildcard: path style
+        return "https://s3.%s.amazonaws.com/%s/%s" % (region, bucket, key)
+    return "https://%s.s3.%s.amazonaws.com/%s" % (bucket, region, key)
+
+
+def _copy(src, out):
+    """Stream src to out; return its SHA-256."""
+    out.seek(0)
+    out.truncate()
+    h = sha256()
+    for chunk in iter(lambda: src.read(1 << 20), b""):
+        h.update(chunk)
+        out.write(chunk)
+    if getattr(src, "length", None):  # http.client returns short bodies quietly
+        raise ConnectionError("body cut short by %d bytes" % src.length)
+    return h.hexdigest()
+
+
+def fetch(url, out, env):
+    """Download the package into file `out`; return its SHA-256."""
+    if url.startswith("file://"):
+        try:
+            with open(request.url2pathname(parse.urlsplit(url).path), "rb") as src:
+                return _copy(src, out)
+        except OSError as e:
+            raise Fail(121, "cannot read %s: %s" % (url, e))
+    bucket, _, key = url[5:].partition("/")
+    if not (bucket and key):
+        raise Fail(123, "bad S3 URL %r" % url)
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    target = s3_http_url(bucket, key, region, env.get("METAFLOW_S3_ENDPOINT_URL"))
+    try:
+        creds = credentials(env)
+    except LookupError as e:
+        creds = None
+        log("no AWS credentials (%s); trying unsigned" % e)
+    delay = float(env.get("MFBATCH_BOOTSTRAP_RETRY_BASE_SECONDS") or 1)
+    for n in range(1, 7):
+        hdrs = {"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+        if creds:  # each try needs a fresh x-amz-date
+            hdrs = sign("GET", target, hdrs, creds, region)
+        try:
+            with request.urlopen(request.Request(target, headers=hdrs), timeout=60) as r:
+                return _copy(r, out)
+        except HTTPError as e:
+            try:
+                code = re.findall(r"<Code>([^<]*)", e.read(4096).decode("utf-8", "replace"))
+            except NETERR:
+                code = None
+            why = "HTTP %d %s" % (e.code, code[0] if code else e.reason)
+            if e.code < 500 and e.code != 429:  # 403, 404...: retrying won't help
+                raise Fail(121, "cannot download %s: %s" % (url, why))
+        except NETERR as e:
+            why = "%s: %s" % (type(e).__name__, e)
+        if n < 6:
+            wait = min(20, delay) * random.uniform(0.5, 1)
+            log("download try %d failed (%s); retrying in %.1f s" % (n, why, wait))
+            time.sleep(wait)
+            delay *= 2
+    raise Fail(121, "cannot download %s after 6 tries: %s" % (url, why))
+
+
+def _inside(root, path):
+    return path == root or path.startswith(root + os.sep)
+
+
+def _member(tar, m, root):
+    """Create member m under root, refusing anything that could escape."""
+    parts = [p for p in m.name.split("/") if p not in ("", ".")]
+    if m.name.startswith("/") or ".." in parts:
+        raise Fail(122, "unsafe member name %r" % m.name)
+    if not parts:
+        return
+    dest = os.path.join(root, *parts)
+    # A link made by an earlier member must not redirect this one.
+    if not _inside(root, os.path.realpath(os.path.dirname(dest))):
+        raise Fail(122, "member %r is under a link out of the package" % m.name)
+    if os.path.islink(dest) or os.path.isfile(dest):
+        os.unlink(dest)  # later members win; never write through a link
+    if m.isdir():
+        return os.makedirs(dest, exist_ok=True)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if m.issym() or m.islnk():  # hard link targets are archive-relative
+        target = os.path.realpath(os.path.join(
+            os.path.dirname(dest) if m.issym() else root, m.linkname))
+        if not _inside(root, target):
+            raise Fail(122, "link %r -> %r leaves the package" % (m.name, m.linkname))
+        return os.symlink(m.linkname, dest) if m.issym() else shutil.copyfile(target, dest)
+    if not m.isfile():
+        raise Fail(122, "special member %r" % m.name)
+    with tar.extractfile(m) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+    os.chmod(dest, 0o755 if m.mode & 0o100 else 0o644)
+
+
+def extract(fileobj, root):
+    """Unpack a tar.gz by hand: tarfile's filters differ across 3.8-3.13."""
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r:gz") as tar:
+            for m in tar:
+                _member(tar, m, os.path.realpath(root))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise Fail(122, "cannot unpack package: %s" % e)
+
+
+def prepare(env):
+    """Check env, fetch, verify, unpack; return (root, script, args)."""
+    need = ("MFBATCH_PACKAGE_URL", "MFBATCH_PACKAGE_SHA256", "MFBATCH_SCRIPT")
+    if not all(env.get(v) for v in need):
+        raise Fail(123, "missing " + ", ".join(v for v in need if not env.get(v)))
+    url, sha, script = (env[v].strip() for v in need)
+    if not re.fullmatch("[0-9a-f]{64}", sha.lower()):
+        raise Fail(123, "MFBATCH_PACKAGE_SHA256 is not a hex SHA-256")
+    if not url.startswith(("s3://", "file://")):
+        raise Fail(123, "MFBATCH_PACKAGE_URL is not s3:// or file://: %r" % url)
+    try:
+        args = json.loads(env.get("MFBATCH_ARGS") or "[]")
+    except ValueError:
+        args = None
+    if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+        raise Fail(123, "MFBATCH_ARGS is not a JSON array of strings")
+    parent = env.get("MFBATCH_WORKDIR_PARENT") or tempfile.gettempdir()
+    try:
+        root = tempfile.mkdtemp(prefix="mfbatch-", dir=parent)
+        tmp = tempfile.TemporaryFile(dir=parent)
+    except OSError as e:
+        raise Fail(123, "cannot create work dir: %s" % e)
+    try:
+        with tmp:
+            got = fetch(url, tmp, env)
+            if got != sha.lower():
+                raise Fail(122, "package sha256 is %s, expected %s" % (got, sha))
+            tmp.seek(0)
+            extract(tmp, root)
+        path = os.path.realpath(os.path.join(root, script))
+        if not (_inside(os.path.realpath(root), path) and os.path.isfile(path)):
+            raise Fail(123, "script %r is not in the package" % script)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root, script, args
+
+
+def _on_signal(signum, _frame):
+    if _child:
+        _child[0].send_signal(signum)
+    elif _held:  # inside Popen: deliver once the step exists
+        _held.append(signum)
+    else:
+        raise Fail(128 + signum, "interrupted by signal %d before the step ran" % signum)
+
+
+def main():
+    t0 = time.monotonic()
+    os.environ.pop("MFBATCH_BOOTSTRAP", None)  # the step must not inherit it
+    for s in (signal.SIGTERM, signal.SIGINT):  # also: PID 1 ignores unhandled ones
+        signal.signal(s, _on_signal)
+    try:
+        root, script, args = prepare(os.environ)
+        _held.append(0)
+    except Fail as e:
+        log(e)
+        return e.code
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    log("package %s ready in %.1f s, running %s" % (
+        os.environ["MFBATCH_PACKAGE_SHA256"].strip()[:12], time.monotonic() - t0, script))
+    try:
+        _child.append(subprocess.Popen([sys.executable, "-u", script] + args, cwd=root, env=env))
+        for s in _held[1:]:
+            _child[0].send_signal(s)
+        rc = _child[0].wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 128 - rc if rc < 0 else rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

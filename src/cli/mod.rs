@@ -1,0 +1,60 @@
+//! The `mfbatch` command line: parses arguments, runs one command, renders its events and its
+//! error (once), and maps the result to an exit code from [`exit`].
+
+mod args;
+mod config_cmd;
+mod exit;
+mod failure;
+mod render;
+mod report;
+mod run;
+mod style;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+use failure::Failure;
+use style::Style;
+
+/// Global choices every command honours.
+#[derive(Debug, Clone, Copy)]
+pub struct Global {
+    pub output: args::Output,
+    pub quiet: bool,
+    pub style: Style,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let global = Global {
+        output: cli.output,
+        quiet: cli.quiet,
+        style: Style::detect(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report::print_error(&global.style, &e, None);
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args, global).await,
+            Command::Config => config_cmd::show(global).map(|()| exit::SUCCESS),
+            Command::Logs(_) | Command::Status(_) | Command::Kill(_) => Err(Failure::usage_message(
+                "this command is not available yet",
+                None,
+            )),
+        }
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(failure) => failure.report(&global.style),
+    };
+    // Do not wait for background work (idle HTTP connections, abandoned tasks) at exit.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}

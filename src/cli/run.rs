@@ -1,0 +1,119 @@
+//! `mfbatch run`: resolve and validate everything, package, then dry-run, submit, or follow.
+
+use std::collections::BTreeMap;
+
+use mfbatch::aws::{ClientOptions, Clients};
+use mfbatch::launch::{self, Plan, Prepared};
+use mfbatch::request::{build_spec, RunOptions};
+use mfbatch::settings::{self, Key, Sources};
+
+use super::args::{Output, RunArgs};
+use super::config_cmd;
+use super::exit;
+use super::failure::Failure;
+use super::render::{RenderOptions, Renderer};
+use super::Global;
+
+pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
+    let flags: BTreeMap<Key, String> = [
+        (Key::BatchJobQueue, &args.queue),
+        (Key::EcsS3AccessIamRole, &args.iam_role),
+        (Key::BatchContainerImage, &args.image),
+        (Key::DefaultPackageSuffixes, &args.package_suffixes),
+        (Key::EcsFargateExecutionRole, &args.execution_role),
+        (Key::DatastoreSysrootS3, &args.datastore_root),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+    .collect();
+    let settings = settings::resolve(&Sources::from_process(flags))?;
+    if args.show_config {
+        config_cmd::print(&settings, global.output);
+        return Ok(exit::SUCCESS);
+    }
+    let options = RunOptions {
+        script: args.script.clone(),
+        root: args.root.clone(),
+        args: args.args.clone(),
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        gpu: args.gpu.clone(),
+        env: args.env.clone(),
+        tags: args.tags.clone(),
+        name: args.name.clone(),
+        python: args.python.clone(),
+        timeout_seconds: args.timeout.clone(),
+        local: args.local,
+    };
+    let spec = build_spec(&settings, &options)?;
+    if spec.batch().is_none() {
+        return Err(Failure::usage_message("--local is not available yet", None));
+    }
+    let clients = Clients::from_environment(&ClientOptions {
+        s3_endpoint_url: spec.batch().and_then(|b| b.s3_endpoint_url.clone()),
+        max_attempts: None,
+    })
+    .await?;
+
+    let renderer = Renderer::start(RenderOptions {
+        output: global.output,
+        quiet: global.quiet,
+        style: global.style,
+        prefix_jobs: false,
+        timestamps: false,
+    });
+    let events = renderer.sink();
+    let result = async {
+        let prepared = launch::prepare(spec, &events).await?;
+        let plan = launch::plan(&clients, &prepared).await?;
+        if args.dry_run {
+            return Ok::<_, launch::LaunchError>(Launched::DryRun(Box::new(dry_run_document(&prepared, &plan))));
+        }
+        let submitted = launch::execute(&clients, &prepared, plan, &events).await?;
+        Ok(Launched::Submitted(submitted))
+    }
+    .await;
+    renderer.finish().await;
+    match result? {
+        Launched::DryRun(doc) => {
+            println!("{}", serde_json::to_string_pretty(&doc).expect("serializes"));
+            Ok(exit::SUCCESS)
+        }
+        Launched::Submitted(submitted) => {
+            if global.output == Output::Text {
+                println!("{}", submitted.job_id);
+            }
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+enum Launched {
+    DryRun(Box<serde_json::Value>),
+    Submitted(launch::Submitted),
+}
+
+/// What `--dry-run` prints: the package manifest and the request bodies, exactly as they would be sent.
+fn dry_run_document(prepared: &Prepared, plan: &Plan) -> serde_json::Value {
+    serde_json::json!({
+        "package": {
+            "url": plan.package_url,
+            "sha256": plan.package_sha256,
+            "bytes": plan.package_bytes,
+            "alreadyStored": plan.package_present,
+            "files": prepared.manifest.files,
+            "skipped": prepared.manifest.skipped,
+        },
+        "queue": plan.queue,
+        "jobDefinition": {
+            "reused": plan.existing_definition,
+            "registerJobDefinition": if plan.existing_definition.is_none() {
+                serde_json::to_value(&plan.job_definition).expect("serializes")
+            } else {
+                serde_json::Value::Null
+            },
+        },
+        "submitJob": plan.submit_job,
+        "containerOverridesChars": plan.submit_job.overrides_chars(),
+    })
+}

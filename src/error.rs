@@ -1,0 +1,243 @@
+//! The library's error types, one per layer, each able to say what the user can do about it.
+//!
+//! Errors are data: every variant carries the facts (flag, variable, file, AWS call) and the
+//! underlying cause as `source`, so the CLI can render `error:`, the cause chain and a `hint:` once.
+
+use std::path::PathBuf;
+
+/// A boxed error from a lower layer (an SDK error, an I/O error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Bad usage or configuration, found before any AWS call. Always exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A flag's value cannot be used.
+    #[error("invalid value {value:?} for {flag}: {reason}")]
+    InvalidFlag {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A setting's value (from any source) cannot be used.
+    #[error("invalid {key} {value:?} (from {origin}): {reason}")]
+    InvalidSetting {
+        key: &'static str,
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    /// A required setting has no value anywhere.
+    #[error("{key} is not set")]
+    Missing {
+        key: &'static str,
+        flag: Option<&'static str>,
+    },
+    /// A config file exists but is not a JSON object.
+    #[error("cannot use config file {path}: {reason}")]
+    BadConfigFile { path: PathBuf, reason: String },
+    /// `METAFLOW_PROFILE` names a profile whose file does not exist.
+    #[error("METAFLOW_PROFILE={profile} but {path} does not exist")]
+    UnknownProfile { profile: String, path: PathBuf },
+    /// The script to run cannot be used.
+    #[error("script {path}: {reason}")]
+    Script { path: PathBuf, reason: String },
+    /// No container image is configured and no local Python tells which one to default to.
+    #[error("cannot choose a default container image: {reason}")]
+    NoDefaultImage { reason: String },
+    /// The job's request would break an AWS Batch limit.
+    #[error("{what} is {actual}, over AWS Batch's limit of {limit}")]
+    OverLimit {
+        what: String,
+        actual: usize,
+        limit: usize,
+    },
+    /// No AWS region could be found for the Batch, Logs and S3 clients.
+    #[error("no AWS region is configured")]
+    NoRegion,
+}
+
+impl ConfigError {
+    /// What the user can do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::Missing { key, flag } => Some(match flag {
+                Some(flag) => format!(
+                    "pass {flag}, export {key}=..., or add \"{key}\" to .metaflow/config.json or ~/.metaflowconfig/config.json"
+                ),
+                None => format!(
+                    "export {key}=..., or add \"{key}\" to .metaflow/config.json or ~/.metaflowconfig/config.json"
+                ),
+            }),
+            ConfigError::UnknownProfile { .. } => Some(
+                "create the file (`metaflow configure aws --profile NAME` writes it) or unset METAFLOW_PROFILE"
+                    .into(),
+            ),
+            ConfigError::NoDefaultImage { .. } => Some(
+                "pass --image IMAGE, set METAFLOW_BATCH_CONTAINER_IMAGE, or pass --python X.Y".into(),
+            ),
+            ConfigError::OverLimit { .. } => Some(
+                "pass large values through files in the package instead of --env or arguments".into(),
+            ),
+            ConfigError::NoRegion => Some(
+                "export AWS_REGION=..., or set `region` in ~/.aws/config for your profile".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Building the code package failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackageError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the package to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the script {script} is not part of the package (hidden, in __pycache__, or its suffix is not one of {suffixes})")]
+    ScriptExcluded { script: PathBuf, suffixes: String },
+}
+
+/// The AWS operation that failed, for messages and hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Batch,
+    Logs,
+    S3,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Batch => "Batch",
+            Service::Logs => "CloudWatch Logs",
+            Service::S3 => "S3",
+        })
+    }
+}
+
+/// What kind of failure an AWS call had, decided from the error code, never from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    AccessDenied,
+    NotFound,
+    Throttled,
+    Credentials,
+    Unreachable,
+    Invalid,
+    Other,
+}
+
+/// One AWS call failed after the SDK's retries.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} {call} failed{}", code.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+pub struct AwsError {
+    pub service: Service,
+    pub call: &'static str,
+    pub code: Option<String>,
+    pub kind: AwsErrorKind,
+    #[source]
+    pub source: BoxError,
+}
+
+impl AwsError {
+    /// Wraps an SDK error, keeping it as the source and classifying it by its code.
+    pub fn from_sdk<E, R>(
+        service: Service,
+        call: &'static str,
+        err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+    ) -> Self
+    where
+        E: std::error::Error + Send + Sync + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        use aws_smithy_runtime_api::client::result::SdkError;
+        use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+        let code = err.code().map(str::to_owned);
+        let kind = match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                // The SDK reports a failed credential lookup as a dispatch failure with no code;
+                // only its description tells it apart from a network failure.
+                if format!("{err:?}").to_ascii_lowercase().contains("credentials") {
+                    AwsErrorKind::Credentials
+                } else {
+                    AwsErrorKind::Unreachable
+                }
+            }
+            SdkError::ConstructionFailure(_) => AwsErrorKind::Credentials,
+            _ => classify_code(code.as_deref()),
+        };
+        AwsError {
+            service,
+            call,
+            code,
+            kind,
+            source: Box::new(err),
+        }
+    }
+
+    /// What the user can do next.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self.kind {
+            AwsErrorKind::AccessDenied => format!(
+                "the AWS identity in use may not call {}:{}; check `aws sts get-caller-identity` and its IAM policy",
+                iam_prefix(self.service),
+                self.call
+            ),
+            AwsErrorKind::NotFound => match self.service {
+                Service::Batch => "check the queue (--queue / METAFLOW_BATCH_JOB_QUEUE) and the region (AWS_REGION)".into(),
+                Service::S3 => "check the bucket in METAFLOW_DATASTORE_SYSROOT_S3 and the region".into(),
+                Service::Logs => "the log stream may not exist yet, or logs went to another group".into(),
+            },
+            AwsErrorKind::Throttled => format!(
+                "{} is throttling this account even after retries; try again shortly or ask for a higher quota",
+                self.service
+            ),
+            AwsErrorKind::Credentials => {
+                "no usable AWS credentials: run `aws configure`, `aws sso login`, or export AWS_PROFILE".into()
+            }
+            AwsErrorKind::Unreachable => {
+                "the endpoint could not be reached: check the network, AWS_ENDPOINT_URL* and HTTPS_PROXY".into()
+            }
+            AwsErrorKind::Invalid | AwsErrorKind::Other => return None,
+        })
+    }
+}
+
+fn iam_prefix(service: Service) -> &'static str {
+    match service {
+        Service::Batch => "batch",
+        Service::Logs => "logs",
+        Service::S3 => "s3",
+    }
+}
+
+fn classify_code(code: Option<&str>) -> AwsErrorKind {
+    match code {
+        Some(
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation"
+            | "UnrecognizedClientException" | "InvalidSignatureException" | "SignatureDoesNotMatch"
+            | "ExpiredToken" | "ExpiredTokenException" | "InvalidAccessKeyId",
+        ) => AwsErrorKind::AccessDenied,
+        Some("ResourceNotFoundException" | "NoSuchBucket" | "NoSuchKey" | "NotFound") => {
+            AwsErrorKind::NotFound
+        }
+        Some(
+            "TooManyRequestsException" | "ThrottlingException" | "Throttling" | "SlowDown"
+            | "RequestLimitExceeded",
+        ) => AwsErrorKind::Throttled,
+        Some("ClientException" | "InvalidParameterException" | "ValidationException") => {
+            AwsErrorKind::Invalid
+        }
+        _ => AwsErrorKind::Other,
+    }
+}

@@ -1,0 +1,181 @@
+//! The library's only output: typed events while work happens, and the outcome of a job.
+//!
+//! The library never prints; a CLI or an embedding program decides what to show. Every type here
+//! serializes to the JSON that `--output json` writes, one event per line.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::package::Skipped;
+
+/// A Batch job's status, in lifecycle order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Submitted,
+    Pending,
+    Runnable,
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "SUBMITTED" => JobStatus::Submitted,
+            "PENDING" => JobStatus::Pending,
+            "RUNNABLE" => JobStatus::Runnable,
+            "STARTING" => JobStatus::Starting,
+            "RUNNING" => JobStatus::Running,
+            "SUCCEEDED" => JobStatus::Succeeded,
+            "FAILED" => JobStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Submitted => "SUBMITTED",
+            JobStatus::Pending => "PENDING",
+            JobStatus::Runnable => "RUNNABLE",
+            JobStatus::Starting => "STARTING",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Succeeded => "SUCCEEDED",
+            JobStatus::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something worth telling the user that does not stop the work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "warning", rename_all = "snake_case")]
+pub enum Warning {
+    /// The walk left a file or link out of the package.
+    Skipped(Skipped),
+    /// The package is large enough to slow every job start.
+    LargePackage { bytes: u64 },
+    /// The job has waited in RUNNABLE for long.
+    StuckRunnable {
+        job_id: String,
+        seconds: u64,
+        reason: Option<String>,
+        detail: Option<String>,
+    },
+}
+
+/// Why a job ended the way it did, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The container exited with a non-zero code.
+    ExitCode,
+    OutOfMemory,
+    ImagePull,
+    SpotReclaimed,
+    Timeout,
+    TerminatedByUser,
+    /// mfbatch's own bootstrap could not start the step (package missing, corrupt…).
+    Bootstrap,
+    Unknown,
+}
+
+/// How a followed job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub job_id: String,
+    pub status: JobStatus,
+    /// The last attempt's container exit code, when there was one.
+    pub exit_code: Option<i32>,
+    pub failure: Option<FailureKind>,
+    /// A sentence for the user ("out of memory", "exit code 3", …).
+    pub summary: Option<String>,
+    /// The raw reasons Batch gave, for the record.
+    pub reason: Option<String>,
+    pub attempts: usize,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.status == JobStatus::Succeeded
+    }
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Packaged {
+        files: usize,
+        bytes: u64,
+        sha256: String,
+    },
+    Warning(Warning),
+    UploadStarted {
+        url: String,
+        bytes: u64,
+    },
+    UploadProgress {
+        sent: u64,
+        total: u64,
+    },
+    /// The package was already stored (same content hash): nothing uploaded.
+    UploadSkipped {
+        url: String,
+    },
+    Uploaded {
+        url: String,
+        bytes: u64,
+    },
+    JobDefinition {
+        name: String,
+        arn: String,
+        registered: bool,
+    },
+    Submitted {
+        job_id: String,
+        job_name: String,
+        queue: String,
+    },
+    Status {
+        job_id: String,
+        job_name: String,
+        status: JobStatus,
+        previous: Option<JobStatus>,
+        /// Time spent in `previous`, as far as this process saw it.
+        previous_ms: Option<u64>,
+        reason: Option<String>,
+    },
+    Log {
+        job_id: String,
+        job_name: String,
+        attempt: usize,
+        timestamp_ms: i64,
+        message: String,
+    },
+    Terminating {
+        job_id: String,
+        reason: String,
+    },
+    Exited(Outcome),
+}
+
+/// Where events go: a callback shared by everything working for one caller.
+pub type EventSink = std::sync::Arc<dyn Fn(Event) + Send + Sync>;
+
+/// A sink that drops everything, for callers that only want results.
+pub fn discard() -> EventSink {
+    std::sync::Arc::new(|_| {})
+}

@@ -1,0 +1,214 @@
+//! Job definitions: built from the spec, named by the hash of their canonical JSON, reused when an
+//! ACTIVE one of that name exists and registered only when missing.
+//!
+//! Resources are placeholders here: each job's cpu, memory and gpu go in its SubmitJob overrides,
+//! so one definition serves every size and the number of definitions stays small.
+
+use serde::Serialize;
+
+use crate::bootstrap;
+use crate::error::{AwsError, Service};
+use crate::package::sha256_hex;
+use crate::spec::BatchTarget;
+
+/// The platform a queue's compute environments run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Platform {
+    #[serde(rename = "EC2")]
+    Ec2,
+    #[serde(rename = "FARGATE")]
+    Fargate,
+}
+
+/// The body of RegisterJobDefinition, exactly as sent.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDefinition {
+    pub job_definition_name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub container_properties: ContainerProperties,
+    pub platform_capabilities: Vec<Platform>,
+    pub propagate_tags: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerProperties {
+    pub image: String,
+    pub job_role_arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_role_arn: Option<String>,
+    pub command: Vec<String>,
+    pub environment: Vec<NameValue>,
+    pub resource_requirements: Vec<Requirement>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<NetworkConfiguration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfiguration {
+    pub assign_public_ip: &'static str,
+}
+
+/// Length of the hash prefix in definition names: 64 bits, far from any collision in practice.
+const NAME_HASH_LEN: usize = 16;
+
+impl JobDefinition {
+    /// Builds the definition for a target; the name is derived from everything else.
+    pub fn build(target: &BatchTarget, platform: Platform) -> Self {
+        let fargate = platform == Platform::Fargate;
+        let mut def = JobDefinition {
+            job_definition_name: String::new(),
+            kind: "container",
+            container_properties: ContainerProperties {
+                image: target.image.to_string(),
+                job_role_arn: target.job_role_arn.clone(),
+                execution_role_arn: target.execution_role_arn.clone(),
+                command: bootstrap::command(),
+                environment: vec![NameValue {
+                    name: bootstrap::BOOTSTRAP_ENV.into(),
+                    value: bootstrap::BOOTSTRAP_PY.into(),
+                }],
+                // Valid on EC2 and Fargate alike; every job overrides them.
+                resource_requirements: vec![
+                    Requirement { kind: "VCPU", value: "1".into() },
+                    Requirement { kind: "MEMORY", value: "2048".into() },
+                ],
+                network_configuration: fargate.then_some(NetworkConfiguration {
+                    assign_public_ip: "ENABLED",
+                }),
+            },
+            platform_capabilities: vec![platform],
+            propagate_tags: true,
+        };
+        def.job_definition_name = format!("mfbatch-{}", &def.content_hash()[..NAME_HASH_LEN]);
+        def
+    }
+
+    /// SHA-256 of the canonical JSON (sorted keys, no whitespace) of everything but the name.
+    pub fn content_hash(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("definition serializes");
+        if let Some(map) = value.as_object_mut() {
+            map.remove("jobDefinitionName");
+        }
+        // serde_json's map is ordered by key, so this text is canonical.
+        sha256_hex(value.to_string().as_bytes())
+    }
+
+    /// The serialized size, checked against Batch's 24 KiB limit.
+    pub fn json_len(&self) -> usize {
+        serde_json::to_string(self).expect("definition serializes").len()
+    }
+}
+
+/// A definition that exists in Batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registered {
+    pub name: String,
+    pub arn: String,
+    pub revision: i32,
+    /// Whether this run registered it (false: an existing one was reused).
+    pub newly_registered: bool,
+}
+
+/// Finds the newest ACTIVE revision of the definition's name.
+pub async fn find(client: &aws_sdk_batch::Client, name: &str) -> Result<Option<Registered>, AwsError> {
+    let out = client
+        .describe_job_definitions()
+        .job_definition_name(name)
+        .status("ACTIVE")
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(Service::Batch, "DescribeJobDefinitions", e))?;
+    Ok(out
+        .job_definitions()
+        .iter()
+        .filter(|d| d.job_definition_name() == Some(name))
+        .max_by_key(|d| d.revision().unwrap_or(0))
+        .and_then(|d| {
+            Some(Registered {
+                name: name.to_owned(),
+                arn: d.job_definition_arn()?.to_owned(),
+                revision: d.revision().unwrap_or(0),
+                newly_registered: false,
+            })
+        }))
+}
+
+/// Reuses the definition if an ACTIVE one exists, else registers it.
+///
+/// Two processes registering the same content at once just create two identical revisions, and
+/// the job is submitted with the ARN that RegisterJobDefinition returned, so neither a concurrent
+/// registration nor a definition not yet visible to DescribeJobDefinitions can break a run.
+pub async fn ensure(client: &aws_sdk_batch::Client, def: &JobDefinition) -> Result<Registered, AwsError> {
+    if let Some(found) = find(client, &def.job_definition_name).await? {
+        return Ok(found);
+    }
+    register(client, def).await
+}
+
+async fn register(client: &aws_sdk_batch::Client, def: &JobDefinition) -> Result<Registered, AwsError> {
+    use aws_sdk_batch::types::{
+        AssignPublicIp, ContainerProperties as Props, JobDefinitionType, KeyValuePair,
+        NetworkConfiguration as Net, PlatformCapability, ResourceRequirement, ResourceType,
+    };
+    let p = &def.container_properties;
+    let mut props = Props::builder()
+        .image(&p.image)
+        .job_role_arn(&p.job_role_arn)
+        .set_execution_role_arn(p.execution_role_arn.clone())
+        .set_command(Some(p.command.clone()));
+    for kv in &p.environment {
+        props = props.environment(KeyValuePair::builder().name(&kv.name).value(&kv.value).build());
+    }
+    for r in &p.resource_requirements {
+        props = props.resource_requirements(
+            ResourceRequirement::builder()
+                .r#type(ResourceType::from(r.kind))
+                .value(&r.value)
+                .build(),
+        );
+    }
+    if let Some(net) = &p.network_configuration {
+        props = props.network_configuration(
+            Net::builder()
+                .assign_public_ip(AssignPublicIp::from(net.assign_public_ip))
+                .build(),
+        );
+    }
+    let platforms = def.platform_capabilities.iter().map(|p| match p {
+        Platform::Ec2 => PlatformCapability::Ec2,
+        Platform::Fargate => PlatformCapability::Fargate,
+    });
+    let out = client
+        .register_job_definition()
+        .job_definition_name(&def.job_definition_name)
+        .r#type(JobDefinitionType::Container)
+        .container_properties(props.build())
+        .set_platform_capabilities(Some(platforms.collect()))
+        .propagate_tags(def.propagate_tags)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(Service::Batch, "RegisterJobDefinition", e))?;
+    Ok(Registered {
+        name: out.job_definition_name().unwrap_or(&def.job_definition_name).to_owned(),
+        arn: out.job_definition_arn().unwrap_or_default().to_owned(),
+        revision: out.revision().unwrap_or(0),
+        newly_registered: true,
+    })
+}

@@ -1,0 +1,322 @@
+//! The launch path: package the code, learn what AWS already has (read-only), then upload,
+//! register and submit only what is missing.
+//!
+//! Split in three so `--dry-run` can stop after the read-only [`plan`]: [`prepare`] works on this
+//! machine only, [`plan`] only reads from AWS, [`execute`] is the only step that changes anything.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::aws::Clients;
+use crate::bootstrap::Invocation;
+use crate::error::{AwsError, ConfigError, PackageError};
+use crate::event::{Event, EventSink, Warning};
+use crate::jobdef::{self, JobDefinition, NameValue, Registered};
+use crate::package::{self, Built, Manifest, SuffixFilter};
+use crate::queue::{self, QueueInfo};
+use crate::spec::{BatchTarget, JobSpec};
+use crate::store::{PackageStore, S3Store, StoreError};
+use crate::submit::{resource_requirements, ContainerOverrides, SubmitRequest, Timeout};
+
+/// Packages above this size slow every job start; say so.
+pub const LARGE_PACKAGE_BYTES: u64 = 100 * 1024 * 1024;
+/// Batch's limit on a job definition's size.
+const MAX_DEFINITION_BYTES: usize = 24 * 1024;
+
+/// Why a launch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot build the code package")]
+    Package(#[from] PackageError),
+    #[error("cannot store the code package")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("job queue {queue:?} does not exist in region {region}")]
+    QueueNotFound { queue: String, region: String },
+    #[error("job queue {queue:?} is {state} and takes no jobs")]
+    QueueDisabled { queue: String, state: String },
+}
+
+impl LaunchError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LaunchError::Config(e) => e.hint(),
+            LaunchError::Aws(e) | LaunchError::Store(StoreError::Aws(e)) => e.hint(),
+            LaunchError::QueueNotFound { .. } => Some(
+                "check --queue / METAFLOW_BATCH_JOB_QUEUE and AWS_REGION; `aws batch describe-job-queues` lists the queues"
+                    .into(),
+            ),
+            LaunchError::QueueDisabled { .. } => Some("enable the queue, or pass another with --queue".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the user's input or configuration (exit code 2) rather than a failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::Config(_) | LaunchError::QueueNotFound { .. } | LaunchError::QueueDisabled { .. }
+        )
+    }
+}
+
+/// The code, packaged on local disk.
+#[derive(Debug)]
+pub struct Prepared {
+    pub spec: JobSpec,
+    pub manifest: Manifest,
+    pub package: Built,
+    // Holds the package file; removed when this is dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// Walks the root and builds the package (on a blocking thread: it is file and CPU work).
+pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, LaunchError> {
+    let dir = tempfile::Builder::new()
+        .prefix("mfbatch-package-")
+        .tempdir()
+        .map_err(|source| PackageError::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let out = dir.path().join("package.tgz");
+    let filter = SuffixFilter::parse(&spec.package_suffixes);
+    let root = spec.root.clone();
+    let (manifest, built) = tokio::task::spawn_blocking(move || {
+        let manifest = package::collect(&root, &filter)?;
+        let built = package::build(&manifest, &out)?;
+        Ok::<_, PackageError>((manifest, built))
+    })
+    .await
+    .expect("packaging does not panic")?;
+    if !manifest.contains(&spec.script) {
+        return Err(PackageError::ScriptExcluded {
+            script: PathBuf::from(&spec.script),
+            suffixes: spec.package_suffixes.clone(),
+        }
+        .into());
+    }
+    for skipped in &manifest.skipped {
+        events(Event::Warning(Warning::Skipped(skipped.clone())));
+    }
+    events(Event::Packaged {
+        files: manifest.files.len(),
+        bytes: built.size,
+        sha256: built.sha256.clone(),
+    });
+    if built.size > LARGE_PACKAGE_BYTES {
+        events(Event::Warning(Warning::LargePackage { bytes: built.size }));
+    }
+    Ok(Prepared {
+        spec,
+        manifest,
+        package: built,
+        _dir: dir,
+    })
+}
+
+/// What a Batch launch will do, learned with read-only calls; `--dry-run` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub queue: QueueInfo,
+    pub package_url: String,
+    pub package_sha256: String,
+    pub package_bytes: u64,
+    /// The package is already stored: nothing to upload.
+    pub package_present: bool,
+    pub job_definition: JobDefinition,
+    /// An ACTIVE definition with the same content: nothing to register.
+    pub existing_definition: Option<Registered>,
+    pub submit_job: SubmitRequest,
+}
+
+/// Learns what exists (queue, package, definition) without changing anything.
+pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, LaunchError> {
+    let target = prepared.spec.batch().expect("plan is for Batch jobs");
+    let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
+    let sha = &prepared.package.sha256;
+    let definition_lookup = async {
+        let queue = queue::describe(&clients.batch, &target.queue)
+            .await?
+            .ok_or_else(|| LaunchError::QueueNotFound {
+                queue: target.queue.clone(),
+                region: clients.region().to_owned(),
+            })?;
+        if queue.state != "ENABLED" && !queue.state.is_empty() {
+            return Err(LaunchError::QueueDisabled {
+                queue: target.queue.clone(),
+                state: queue.state.clone(),
+            });
+        }
+        let platform = queue.platform();
+        if platform == jobdef::Platform::Fargate && target.execution_role_arn.is_none() {
+            return Err(ConfigError::Missing {
+                key: "METAFLOW_ECS_FARGATE_EXECUTION_ROLE",
+                flag: Some("--execution-role"),
+            }
+            .into());
+        }
+        let definition = JobDefinition::build(target, platform);
+        let size = definition.json_len();
+        if size > MAX_DEFINITION_BYTES {
+            return Err(ConfigError::OverLimit {
+                what: "the job definition in bytes".into(),
+                actual: size,
+                limit: MAX_DEFINITION_BYTES,
+            }
+            .into());
+        }
+        let existing = jobdef::find(&clients.batch, &definition.job_definition_name).await?;
+        Ok((queue, definition, existing))
+    };
+    let (lookup, present) = tokio::join!(definition_lookup, store.contains(sha));
+    let (queue, definition, existing) = lookup?;
+    let package_present = present?;
+    let package_url = store.url(sha);
+    let definition_ref = existing
+        .as_ref()
+        .map(|e| e.arn.clone())
+        .unwrap_or_else(|| definition.job_definition_name.clone());
+    let submit_job = submit_request(prepared, target, &package_url, clients.region(), definition_ref);
+    submit_job.check_limits()?;
+    Ok(Plan {
+        queue,
+        package_url,
+        package_sha256: sha.clone(),
+        package_bytes: prepared.package.size,
+        package_present,
+        job_definition: definition,
+        existing_definition: existing,
+        submit_job,
+    })
+}
+
+/// A job that Batch accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Submitted {
+    pub job_id: String,
+    pub job_name: String,
+    pub queue: String,
+    pub job_definition: Registered,
+    pub package_url: String,
+}
+
+/// Uploads the package and registers the definition when missing, then submits the job.
+pub async fn execute(
+    clients: &Clients,
+    prepared: &Prepared,
+    mut plan: Plan,
+    events: &EventSink,
+) -> Result<Submitted, LaunchError> {
+    let target = prepared.spec.batch().expect("execute is for Batch jobs");
+    let upload = async {
+        if plan.package_present {
+            events(Event::UploadSkipped {
+                url: plan.package_url.clone(),
+            });
+            return Ok(());
+        }
+        let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
+        events(Event::UploadStarted {
+            url: plan.package_url.clone(),
+            bytes: prepared.package.size,
+        });
+        let progress = |sent, total| events(Event::UploadProgress { sent, total });
+        store.put(&prepared.package, &progress).await?;
+        events(Event::Uploaded {
+            url: plan.package_url.clone(),
+            bytes: prepared.package.size,
+        });
+        Ok::<_, LaunchError>(())
+    };
+    let register = async {
+        match &plan.existing_definition {
+            Some(existing) => Ok(existing.clone()),
+            None => Ok::<_, LaunchError>(jobdef::ensure(&clients.batch, &plan.job_definition).await?),
+        }
+    };
+    let (uploaded, registered) = tokio::join!(upload, register);
+    uploaded?;
+    let registered = registered?;
+    events(Event::JobDefinition {
+        name: registered.name.clone(),
+        arn: registered.arn.clone(),
+        registered: registered.newly_registered,
+    });
+    plan.submit_job.job_definition = registered.arn.clone();
+    let job_id = plan.submit_job.send(&clients.batch).await?;
+    events(Event::Submitted {
+        job_id: job_id.clone(),
+        job_name: plan.submit_job.job_name.clone(),
+        queue: plan.submit_job.job_queue.clone(),
+    });
+    Ok(Submitted {
+        job_id,
+        job_name: plan.submit_job.job_name.clone(),
+        queue: plan.submit_job.job_queue.clone(),
+        job_definition: registered,
+        package_url: plan.package_url,
+    })
+}
+
+/// The environment every job gets, then the user's `--env` (which wins on a clash).
+pub fn job_environment(
+    spec: &JobSpec,
+    invocation: &Invocation,
+    extra: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut env = invocation.environment();
+    env.extend(extra);
+    for (k, v) in &spec.env {
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+fn submit_request(
+    prepared: &Prepared,
+    target: &BatchTarget,
+    package_url: &str,
+    region: &str,
+    job_definition: String,
+) -> SubmitRequest {
+    let spec = &prepared.spec;
+    let invocation = Invocation {
+        package_url: package_url.to_owned(),
+        package_sha256: prepared.package.sha256.clone(),
+        script: spec.script.clone(),
+        args: spec.args.clone(),
+    };
+    let mut metaflow = vec![
+        ("METAFLOW_DATASTORE_SYSROOT_S3".to_owned(), target.datastore_root.to_string()),
+        ("METAFLOW_DATATOOLS_S3ROOT".to_owned(), target.datatools_root.clone()),
+        ("AWS_DEFAULT_REGION".to_owned(), region.to_owned()),
+    ];
+    if let Some(endpoint) = &target.s3_endpoint_url {
+        metaflow.push(("METAFLOW_S3_ENDPOINT_URL".to_owned(), endpoint.clone()));
+    }
+    let environment = job_environment(spec, &invocation, metaflow)
+        .into_iter()
+        .map(|(name, value)| NameValue { name, value })
+        .collect();
+    SubmitRequest {
+        job_name: spec.name.to_string(),
+        job_queue: target.queue.clone(),
+        job_definition,
+        container_overrides: ContainerOverrides {
+            environment,
+            resource_requirements: resource_requirements(&spec.resources),
+        },
+        tags: target.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        propagate_tags: true,
+        timeout: target.timeout_seconds.map(|s| Timeout {
+            attempt_duration_seconds: s,
+        }),
+    }
+}

@@ -1,0 +1,217 @@
+//! Turns what the user asked for (flags as text, plus resolved settings) into a validated
+//! [`JobSpec`]. Everything is checked here, before the first AWS call.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+use crate::image::{resolve_image, PythonVersion};
+use crate::s3url::S3Url;
+use crate::settings::{Key, Resolved, Settings};
+use crate::spec::{
+    invalid, parse_env_pair, BatchTarget, JobName, JobSpec, LocalTarget, MemoryMib, Resources, Tags,
+    Target, Vcpu,
+};
+
+/// The options of `mfbatch run` that are not settings, as the user typed them.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub script: PathBuf,
+    pub root: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub gpu: Option<String>,
+    pub env: Vec<String>,
+    pub tags: Vec<String>,
+    pub name: Option<String>,
+    /// `X.Y`: the Python of the default image, instead of the local one.
+    pub python: Option<String>,
+    pub timeout_seconds: Option<String>,
+    /// Run on this machine instead of AWS Batch.
+    pub local: bool,
+}
+
+/// Batch's smallest attempt timeout.
+const MIN_TIMEOUT_SECONDS: u64 = 60;
+
+/// Builds and validates the job's spec.
+pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, ConfigError> {
+    let (root, script) = locate_script(&options.script, options.root.as_deref())?;
+    let defaults = Resources::default();
+    let resources = Resources {
+        vcpu: options.cpu.as_deref().map(|v| Vcpu::parse("--cpu", v)).transpose()?.unwrap_or(defaults.vcpu),
+        memory: options
+            .memory
+            .as_deref()
+            .map(|v| MemoryMib::parse("--memory", v))
+            .transpose()?
+            .unwrap_or(defaults.memory),
+        gpu: match options.gpu.as_deref() {
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("--gpu", v, "expected a whole number of GPUs, such as 1"))?,
+            None => 0,
+        },
+    };
+    let env = options.env.iter().map(|e| parse_env_pair(e)).collect::<Result<Vec<_>, _>>()?;
+    let user = settings.get(Key::User);
+    let stem = Path::new(&script)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "step".into());
+    let name = match &options.name {
+        Some(n) => JobName::parse("--name", n)?,
+        None => JobName::derived(user, &stem),
+    };
+    let suffixes = settings
+        .get(Key::DefaultPackageSuffixes)
+        .unwrap_or(crate::settings::DEFAULT_PACKAGE_SUFFIXES)
+        .to_owned();
+
+    let target = if options.local {
+        let dir = settings.require(Key::DatastoreSysrootLocal)?;
+        Target::Local(LocalTarget {
+            datastore_dir: PathBuf::from(&dir.value),
+        })
+    } else {
+        Target::Batch(batch_target(settings, options, user, &script)?)
+    };
+    Ok(JobSpec {
+        root,
+        script,
+        args: options.args.clone(),
+        resources,
+        env,
+        name,
+        package_suffixes: suffixes,
+        target,
+    })
+}
+
+fn batch_target(
+    settings: &Settings,
+    options: &RunOptions,
+    user: Option<&str>,
+    script: &str,
+) -> Result<BatchTarget, ConfigError> {
+    // The seed's rule: Batch needs the S3 datastore, so it is checked first.
+    let sysroot = settings.require(Key::DatastoreSysrootS3)?;
+    let datastore_root = S3Url::parse(&sysroot.value).map_err(|reason| setting_error(Key::DatastoreSysrootS3, sysroot, reason))?;
+    for key in [Key::DatatoolsS3Root, Key::CondaPackageS3Root] {
+        if let Some(r) = settings.resolved(key) {
+            S3Url::parse(&r.value).map_err(|reason| setting_error(key, r, reason))?;
+        }
+    }
+    let queue = settings.require(Key::BatchJobQueue)?.value.clone();
+    let job_role_arn = settings.require(Key::EcsS3AccessIamRole)?;
+    if !job_role_arn.value.starts_with("arn:") {
+        return Err(setting_error(
+            Key::EcsS3AccessIamRole,
+            job_role_arn,
+            "expected an IAM role ARN, such as arn:aws:iam::123456789012:role/metaflow-batch".into(),
+        ));
+    }
+    let s3_endpoint_url = settings.get(Key::S3EndpointUrl).map(str::to_owned);
+    if let Some(r) = settings.resolved(Key::S3EndpointUrl) {
+        if !(r.value.starts_with("http://") || r.value.starts_with("https://")) {
+            return Err(setting_error(Key::S3EndpointUrl, r, "expected an http:// or https:// URL".into()));
+        }
+    }
+    let python = match &options.python {
+        Some(v) => Some(
+            PythonVersion::parse(v).ok_or_else(|| invalid("--python", v, "expected a version such as 3.11"))?,
+        ),
+        None => None,
+    };
+    let image = resolve_image(
+        settings.get(Key::BatchContainerImage),
+        settings.get(Key::BatchContainerRegistry),
+        || python.map(Ok).unwrap_or_else(PythonVersion::detect_local),
+    )?;
+
+    let mut tags = Tags::default();
+    tags.insert("mfbatch", "mfbatch.version", env!("CARGO_PKG_VERSION"))?;
+    tags.insert("mfbatch", "mfbatch.script", &truncate(script, 256))?;
+    if let Some(user) = user {
+        tags.insert("mfbatch", "mfbatch.user", &truncate(user, 256))?;
+    }
+    if let Some(r) = settings.resolved(Key::BatchDefaultTags) {
+        tags.insert_json(&r.origin.to_string(), &r.value)?;
+    }
+    for tag in &options.tags {
+        tags.insert_pair(tag)?;
+    }
+    tags.check_count(0)?;
+
+    let timeout_seconds = match &options.timeout_seconds {
+        Some(t) => {
+            let secs: u64 = t
+                .trim()
+                .parse()
+                .map_err(|_| invalid("--timeout", t, "expected a whole number of seconds"))?;
+            if secs < MIN_TIMEOUT_SECONDS {
+                return Err(invalid("--timeout", t, "AWS Batch needs at least 60 seconds"));
+            }
+            Some(secs)
+        }
+        None => None,
+    };
+
+    Ok(BatchTarget {
+        image,
+        queue,
+        job_role_arn: job_role_arn.value.clone(),
+        execution_role_arn: settings.get(Key::EcsFargateExecutionRole).map(str::to_owned),
+        datastore_root,
+        datatools_root: settings.get(Key::DatatoolsS3Root).unwrap_or_default().to_owned(),
+        conda_root: settings.get(Key::CondaPackageS3Root).unwrap_or_default().to_owned(),
+        s3_endpoint_url,
+        tags,
+        timeout_seconds,
+    })
+}
+
+fn setting_error(key: Key, resolved: &Resolved, reason: String) -> ConfigError {
+    ConfigError::InvalidSetting {
+        key: key.name(),
+        value: resolved.value.clone(),
+        origin: resolved.origin.to_string(),
+        reason,
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// Finds the package root and the script's path inside it.
+fn locate_script(script: &Path, root: Option<&Path>) -> Result<(PathBuf, String), ConfigError> {
+    let script_err = |reason: &str| ConfigError::Script {
+        path: script.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !script.is_file() {
+        return Err(script_err(if script.exists() { "is not a file" } else { "does not exist" }));
+    }
+    let script_abs = script.canonicalize().map_err(|e| script_err(&e.to_string()))?;
+    let root_abs = match root {
+        Some(r) => r.canonicalize().map_err(|e| ConfigError::InvalidFlag {
+            flag: "--root",
+            value: r.display().to_string(),
+            reason: e.to_string(),
+        })?,
+        None => script_abs.parent().expect("a file has a parent").to_owned(),
+    };
+    let rel = script_abs.strip_prefix(&root_abs).map_err(|_| ConfigError::InvalidFlag {
+        flag: "--root",
+        value: root_abs.display().to_string(),
+        reason: format!("the script {} is not inside it", script.display()),
+    })?;
+    let rel = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/");
+    Ok((root_abs, rel))
+}

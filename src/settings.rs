@@ -1,0 +1,318 @@
+//! Metaflow-compatible settings: where each value comes from, decided in one place.
+//!
+//! Precedence, highest first (decided only in [`resolve`]):
+//!
+//! 1. a command-line flag (`--queue`, `--iam-role`, `--image`, `--package-suffixes`, …)
+//! 2. the `METAFLOW_*` environment variable of the same name
+//! 3. the project file: `.metaflow/config.json` in the working directory or its nearest ancestor
+//! 4. the profile file: `$METAFLOW_HOME/config.json`, or `config_<METAFLOW_PROFILE>.json` when
+//!    `METAFLOW_PROFILE` is set (`METAFLOW_HOME` defaults to `~/.metaflowconfig`)
+//! 5. the built-in default (some defaults derive from other settings, e.g. the data root)
+//!
+//! Keys are the environment-variable names, exactly as `metaflow configure aws` writes them, so a
+//! user's existing configuration works unchanged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+
+/// A setting mfbatch understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    DatastoreSysrootS3,
+    DatatoolsS3Root,
+    CondaPackageS3Root,
+    S3EndpointUrl,
+    BatchJobQueue,
+    EcsS3AccessIamRole,
+    BatchContainerImage,
+    BatchContainerRegistry,
+    EcsFargateExecutionRole,
+    BatchDefaultTags,
+    DefaultPackageSuffixes,
+    User,
+    DatastoreSysrootLocal,
+}
+
+impl Key {
+    /// Every key, in the order `mfbatch config` shows them.
+    pub const ALL: [Key; 13] = [
+        Key::DatastoreSysrootS3,
+        Key::DatatoolsS3Root,
+        Key::CondaPackageS3Root,
+        Key::S3EndpointUrl,
+        Key::BatchJobQueue,
+        Key::EcsS3AccessIamRole,
+        Key::BatchContainerImage,
+        Key::BatchContainerRegistry,
+        Key::EcsFargateExecutionRole,
+        Key::BatchDefaultTags,
+        Key::DefaultPackageSuffixes,
+        Key::User,
+        Key::DatastoreSysrootLocal,
+    ];
+
+    /// The environment-variable name, which is also the key in Metaflow's config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::DatastoreSysrootS3 => "METAFLOW_DATASTORE_SYSROOT_S3",
+            Key::DatatoolsS3Root => "METAFLOW_DATATOOLS_S3ROOT",
+            Key::CondaPackageS3Root => "METAFLOW_CONDA_PACKAGE_S3ROOT",
+            Key::S3EndpointUrl => "METAFLOW_S3_ENDPOINT_URL",
+            Key::BatchJobQueue => "METAFLOW_BATCH_JOB_QUEUE",
+            Key::EcsS3AccessIamRole => "METAFLOW_ECS_S3_ACCESS_IAM_ROLE",
+            Key::BatchContainerImage => "METAFLOW_BATCH_CONTAINER_IMAGE",
+            Key::BatchContainerRegistry => "METAFLOW_BATCH_CONTAINER_REGISTRY",
+            Key::EcsFargateExecutionRole => "METAFLOW_ECS_FARGATE_EXECUTION_ROLE",
+            Key::BatchDefaultTags => "METAFLOW_BATCH_DEFAULT_TAGS",
+            Key::DefaultPackageSuffixes => "METAFLOW_DEFAULT_PACKAGE_SUFFIXES",
+            Key::User => "METAFLOW_USER",
+            Key::DatastoreSysrootLocal => "METAFLOW_DATASTORE_SYSROOT_LOCAL",
+        }
+    }
+
+    /// The `mfbatch run` flag that sets this key, if any.
+    pub fn flag(self) -> Option<&'static str> {
+        match self {
+            Key::BatchJobQueue => Some("--queue"),
+            Key::EcsS3AccessIamRole => Some("--iam-role"),
+            Key::BatchContainerImage => Some("--image"),
+            Key::DefaultPackageSuffixes => Some("--package-suffixes"),
+            Key::EcsFargateExecutionRole => Some("--execution-role"),
+            Key::DatastoreSysrootS3 => Some("--datastore-root"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a resolved value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag(&'static str),
+    Env,
+    ProjectFile(PathBuf),
+    ProfileFile(PathBuf),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env => f.write_str("environment"),
+            Origin::ProjectFile(p) => write!(f, "project file {}", p.display()),
+            Origin::ProfileFile(p) => write!(f, "profile file {}", p.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One resolved setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub value: String,
+    pub origin: Origin,
+}
+
+/// Everything [`resolve`] reads: flags, a snapshot of the environment, and the working directory.
+///
+/// Taking the environment as data (not reading the process's own) keeps resolution a pure function
+/// that tests can drive with tables of cases.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub flags: BTreeMap<Key, String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+}
+
+impl Sources {
+    /// The sources of this process: its environment and working directory, plus the given flags.
+    pub fn from_process(flags: BTreeMap<Key, String>) -> Self {
+        Sources {
+            flags,
+            env: std::env::vars().collect(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+}
+
+/// The resolved settings with their origins.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    values: BTreeMap<Key, Resolved>,
+    /// The config files that were read, in precedence order (project first).
+    pub files_read: Vec<PathBuf>,
+}
+
+impl Settings {
+    pub fn get(&self, key: Key) -> Option<&str> {
+        self.values.get(&key).map(|r| r.value.as_str())
+    }
+
+    pub fn resolved(&self, key: Key) -> Option<&Resolved> {
+        self.values.get(&key)
+    }
+
+    /// The value of a required key, or an error that says where it can be set.
+    pub fn require(&self, key: Key) -> Result<&Resolved, ConfigError> {
+        self.values.get(&key).ok_or(ConfigError::Missing {
+            key: key.name(),
+            flag: key.flag(),
+        })
+    }
+
+    /// Every key with its value (when set), for `mfbatch config`.
+    pub fn entries(&self) -> impl Iterator<Item = (Key, Option<&Resolved>)> + '_ {
+        Key::ALL.into_iter().map(|k| (k, self.values.get(&k)))
+    }
+}
+
+/// Built-in default suffixes of files that go into the package, as in Metaflow.
+pub const DEFAULT_PACKAGE_SUFFIXES: &str = ".py,.R,.RDS";
+
+/// Resolves every key by the precedence written at the top of this module.
+pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
+    let project_path = find_project_file(&sources.cwd);
+    let project = match &project_path {
+        Some(path) => Some(read_config_file(path)?),
+        None => None,
+    };
+    let profile_path = profile_file(&sources.env)?;
+    let profile = match &profile_path {
+        Some(path) => Some(read_config_file(path)?),
+        None => None,
+    };
+
+    let mut settings = Settings::default();
+    settings.files_read.extend(project_path.iter().cloned());
+    settings.files_read.extend(profile_path.iter().cloned());
+
+    for key in Key::ALL {
+        let found = sources
+            .flags
+            .get(&key)
+            .map(|v| (v.clone(), Origin::Flag(key.flag().unwrap_or("flag"))))
+            .or_else(|| {
+                sources
+                    .env
+                    .get(key.name())
+                    .map(|v| (v.clone(), Origin::Env))
+            })
+            .or_else(|| {
+                let (path, map) = (project_path.as_ref()?, project.as_ref()?);
+                map.get(key.name())
+                    .map(|v| (v.clone(), Origin::ProjectFile(path.clone())))
+            })
+            .or_else(|| {
+                let (path, map) = (profile_path.as_ref()?, profile.as_ref()?);
+                map.get(key.name())
+                    .map(|v| (v.clone(), Origin::ProfileFile(path.clone())))
+            })
+            // Metaflow treats an empty value as unset; so do we.
+            .filter(|(v, _)| !v.trim().is_empty());
+        let found = found.or_else(|| default_for(key, &settings, &sources.env).map(|v| (v, Origin::Default)));
+        if let Some((value, origin)) = found {
+            settings.values.insert(key, Resolved { value, origin });
+        }
+    }
+    Ok(settings)
+}
+
+/// Defaults; keys listed after the ones they derive from in [`Key::ALL`].
+fn default_for(key: Key, so_far: &Settings, env: &BTreeMap<String, String>) -> Option<String> {
+    let sysroot = || so_far.get(Key::DatastoreSysrootS3).map(|s| s.trim_end_matches('/').to_owned());
+    match key {
+        Key::DatatoolsS3Root => sysroot().map(|s| format!("{s}/data")),
+        Key::CondaPackageS3Root => sysroot().map(|s| format!("{s}/conda")),
+        Key::DefaultPackageSuffixes => Some(DEFAULT_PACKAGE_SUFFIXES.to_owned()),
+        Key::User => ["USER", "USERNAME", "LOGNAME"]
+            .iter()
+            .find_map(|v| env.get(*v).filter(|s| !s.is_empty()).cloned()),
+        Key::DatastoreSysrootLocal => cache_dir(env).map(|d| d.join("mfbatch").display().to_string()),
+        _ => None,
+    }
+}
+
+/// The user's cache directory, following the XDG convention.
+fn cache_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    if let Some(dir) = env.get("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    env.get("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(h).join(".cache"))
+}
+
+/// The nearest `.metaflow/config.json` at or above `cwd`.
+fn find_project_file(cwd: &Path) -> Option<PathBuf> {
+    cwd.ancestors()
+        .map(|dir| dir.join(".metaflow").join("config.json"))
+        .find(|p| p.is_file())
+}
+
+/// The profile file to read, if any. A named profile must exist; the default one may not.
+fn profile_file(env: &BTreeMap<String, String>) -> Result<Option<PathBuf>, ConfigError> {
+    let home = match env.get("METAFLOW_HOME").filter(|h| !h.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match env.get("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => Path::new(home).join(".metaflowconfig"),
+            None => return Ok(None),
+        },
+    };
+    match env.get("METAFLOW_PROFILE").filter(|p| !p.is_empty()) {
+        Some(profile) => {
+            let path = home.join(format!("config_{profile}.json"));
+            if path.is_file() {
+                Ok(Some(path))
+            } else {
+                Err(ConfigError::UnknownProfile {
+                    profile: profile.clone(),
+                    path,
+                })
+            }
+        }
+        None => {
+            let path = home.join("config.json");
+            Ok(path.is_file().then_some(path))
+        }
+    }
+}
+
+/// Reads a Metaflow config file: a JSON object whose values are strings (other JSON values, such
+/// as a tags object, are kept as their JSON text).
+fn read_config_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let bad = |reason: String| ConfigError::BadConfigFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(bad("expected a JSON object of \"METAFLOW_...\": value pairs".into()));
+    };
+    Ok(map
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
+/// Whether a value should be hidden when settings are shown.
+pub fn is_secret(name: &str) -> bool {
+    ["SECRET", "TOKEN", "PASSWORD", "AUTH_KEY", "API_KEY"]
+        .iter()
+        .any(|s| name.contains(s))
+}

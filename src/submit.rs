@@ -1,0 +1,126 @@
+//! The SubmitJob request: name, queue, overrides, tags and timeout, checked against Batch's limits
+//! before it is sent (an oversized override is accepted by SubmitJob and fails the job later).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{AwsError, ConfigError, Service};
+use crate::jobdef::{NameValue, Requirement};
+use crate::spec::{Resources, MAX_TAGS};
+
+/// Batch's limit on the JSON of `containerOverrides`, enforced only when the task starts.
+pub const MAX_OVERRIDES_CHARS: usize = 8192;
+/// Batch's limit on the whole SubmitJob request.
+pub const MAX_REQUEST_BYTES: usize = 30 * 1024;
+
+/// The body of SubmitJob, exactly as sent.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitRequest {
+    pub job_name: String,
+    pub job_queue: String,
+    pub job_definition: String,
+    pub container_overrides: ContainerOverrides,
+    pub tags: BTreeMap<String, String>,
+    pub propagate_tags: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverrides {
+    pub environment: Vec<NameValue>,
+    pub resource_requirements: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeout {
+    pub attempt_duration_seconds: u64,
+}
+
+/// The resource overrides: VCPU as `%g`, MEMORY in whole MiB, GPU only when asked for.
+pub fn resource_requirements(resources: &Resources) -> Vec<Requirement> {
+    let mut out = vec![
+        Requirement { kind: "VCPU", value: resources.vcpu.to_string() },
+        Requirement { kind: "MEMORY", value: resources.memory.get().to_string() },
+    ];
+    if resources.gpu > 0 {
+        out.push(Requirement { kind: "GPU", value: resources.gpu.to_string() });
+    }
+    out
+}
+
+impl SubmitRequest {
+    /// Checks every limit Batch would otherwise enforce late or with a vaguer message.
+    pub fn check_limits(&self) -> Result<(), ConfigError> {
+        let overrides = serde_json::to_string(&self.container_overrides).expect("serializes");
+        let chars = overrides.chars().count();
+        if chars > MAX_OVERRIDES_CHARS {
+            return Err(ConfigError::OverLimit {
+                what: "the container overrides (environment, arguments and resources as JSON)".into(),
+                actual: chars,
+                limit: MAX_OVERRIDES_CHARS,
+            });
+        }
+        let body = serde_json::to_string(self).expect("serializes").len();
+        if body > MAX_REQUEST_BYTES {
+            return Err(ConfigError::OverLimit {
+                what: "the SubmitJob request in bytes".into(),
+                actual: body,
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(ConfigError::OverLimit {
+                what: "the number of tags".into(),
+                actual: self.tags.len(),
+                limit: MAX_TAGS,
+            });
+        }
+        Ok(())
+    }
+
+    /// The size of the overrides, reported by `--dry-run`.
+    pub fn overrides_chars(&self) -> usize {
+        serde_json::to_string(&self.container_overrides).expect("serializes").chars().count()
+    }
+
+    /// Sends the request and returns the job id.
+    pub async fn send(&self, client: &aws_sdk_batch::Client) -> Result<String, AwsError> {
+        use aws_sdk_batch::types::{
+            ContainerOverrides as Overrides, JobTimeout, KeyValuePair, ResourceRequirement, ResourceType,
+        };
+        let mut overrides = Overrides::builder();
+        for kv in &self.container_overrides.environment {
+            overrides = overrides.environment(KeyValuePair::builder().name(&kv.name).value(&kv.value).build());
+        }
+        for r in &self.container_overrides.resource_requirements {
+            overrides = overrides.resource_requirements(
+                ResourceRequirement::builder()
+                    .r#type(ResourceType::from(r.kind))
+                    .value(&r.value)
+                    .build(),
+            );
+        }
+        let out = client
+            .submit_job()
+            .job_name(&self.job_name)
+            .job_queue(&self.job_queue)
+            .job_definition(&self.job_definition)
+            .container_overrides(overrides.build())
+            .set_tags(Some(self.tags.clone().into_iter().collect()))
+            .propagate_tags(self.propagate_tags)
+            .set_timeout(self.timeout.as_ref().map(|t| {
+                JobTimeout::builder()
+                    .attempt_duration_seconds(t.attempt_duration_seconds as i32)
+                    .build()
+            }))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(Service::Batch, "SubmitJob", e))?;
+        Ok(out.job_id().unwrap_or_default().to_owned())
+    }
+}

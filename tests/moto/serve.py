@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""moto server for mfbatch e2e tests, with AWS Batch jobs run as local processes.
+
+Run with the venv from setup-venv.sh:
+    python serve.py [--port 0] [--no-stdin] [--state-seconds S] [-v]
+
+Prints ONE JSON line on stdout (endpoint, region, bucket, queue, role_arn, keys),
+then serves until stdin hits EOF (unless --no-stdin) or SIGTERM/SIGINT arrives.
+All diagnostics go to stderr.
+
+moto's Batch backend ("docker" mode, the default) runs each job in a thread that
+asks a docker client to run the container, polls it, then copies its logs into
+CloudWatch Logs. There is no Docker engine here, so `Job.docker_client` is
+replaced by LocalDockerClient: the command runs as a local process group (image
+ignored) in a scratch dir, and its merged stdout/stderr is streamed line by line
+into /aws/batch/job/<stream> with integer millisecond timestamps while it runs.
+"""
+import argparse, json, logging, os, shlex, shutil, signal, subprocess, sys, tempfile, threading, time
+
+import boto3
+import moto.settings as moto_settings
+import moto.batch.models as batch_models
+from moto.core.config import default_user_config
+from moto.moto_api import state_manager
+from moto.moto_api._internal.managed_state_model import ManagedState
+from moto.server import ThreadedMotoServer
+
+REGION, BUCKET, QUEUE = "us-east-1", "mfbatch-e2e", "mfbatch-e2e-queue"
+KILL_GRACE_S = 2.0  # SIGTERM -> SIGKILL delay on TerminateJob (ECS uses 30 s)
+POLL_S = 0.05  # moto's job thread sleeps 0.5-1 s between checks; we shorten that
+LIVE, LIVE_LOCK = set(), threading.Lock()  # LocalContainers whose process may still run
+JOBS_DIR = tempfile.mkdtemp(prefix="mfbatch-moto-")  # one scratch cwd per job inside
+
+
+def log(msg):
+    print(f"[serve.py] {msg}", file=sys.stderr, flush=True)
+
+
+class LocalContainer:
+    """Quacks like docker.models.containers.Container as far as Job.run needs."""
+
+    def __init__(self, job, command, environment, name):
+        self.job, self.name, self.status = job, name, "running"
+        self.attrs = {"NetworkSettings": {"Networks": {}, "IPAddress": "127.0.0.1"}}
+        self.exit_code, self.proc, self._last_ts = None, None, 0
+        self._done = threading.Event()
+        self.workdir = tempfile.mkdtemp(prefix="job-", dir=JOBS_DIR)
+        # The stream exists (and DescribeJobs shows it) from RUNNING on, as on AWS.
+        job.log_stream_name = job._stream_name
+        if job.latest_attempt:
+            job.latest_attempt["container"]["logStreamName"] = job._stream_name
+        self.logs_backend = job._log_backend
+        self.logs_backend.ensure_log_group(job._log_group)
+        self.logs_backend.ensure_log_stream(job._log_group, job._stream_name)
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if job.stop:  # cancelled/terminated before RUNNING: never start the process
+            job.never_ran = True  # so DescribeJobs shows no exitCode (see patch 5)
+            return self._finish(137)
+        try:
+            self.proc = subprocess.Popen(
+                argv, env=job_process_env(job, environment), cwd=self.workdir,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True)  # own process group, so kill() gets children too
+        except OSError as err:  # like docker's "executable file not found"
+            self._put(f"CannotStartContainerError: {err}")
+            return self._finish(127)
+        with LIVE_LOCK:
+            LIVE.add(self)
+        log(f"job {job.job_id}: pid {self.proc.pid}: {argv}")
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _put(self, line):
+        # One CloudWatch event per line; timestamps are ints and never go backwards.
+        self._last_ts = max(self._last_ts, int(time.time() * 1000))
+        self.logs_backend.put_log_events(self.job._log_group, self.job._stream_name,
+                                         [{"timestamp": self._last_ts, "message": line}])
+
+    def _supervise(self):
+        pump = threading.Thread(target=self._pump, daemon=True)
+        pump.start()
+        code = self.proc.wait()
+        # Like docker: once the main process exits, the rest of the container dies.
+        self._signal(signal.SIGKILL)
+        pump.join()
+        self._finish(128 - code if code < 0 else code)  # -9 -> 137, like docker
+
+    def _pump(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line:  # CloudWatch rejects empty messages; the awslogs driver drops them
+                self._put(line)
+        self.proc.stdout.close()
+
+    def _finish(self, code):
+        self.exit_code, self.status = code, "exited"
+        self._done.set()
+        with LIVE_LOCK:
+            LIVE.discard(self)
+
+    def _signal(self, sig):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError, AttributeError):
+            pass
+
+    # --- the docker Container API used by moto's Job.run ---
+    def reload(self):
+        pass  # status is kept current by _supervise
+
+    def kill(self, signal_=None):
+        """TerminateJob / timeout: SIGTERM the group, SIGKILL it after a grace period."""
+        if self._done.is_set():
+            return
+        self._signal(signal.SIGTERM)
+        threading.Timer(KILL_GRACE_S, lambda: self._done.is_set() or self._signal(signal.SIGKILL)).start()
+
+    stop = kill
+
+    def logs(self, **_):
+        return b""  # already streamed into CloudWatch by _pump
+
+    def wait(self, **_):
+        self._done.wait()
+        return {"StatusCode": self.exit_code}
+
+    def remove(self, **_):
+        self._done.wait(KILL_GRACE_S + 5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class LocalDockerClient:
+    """Stand-in for docker.from_env(): only containers.run() is used by Batch."""
+
+    def __init__(self, job):
+        self.containers = self
+        self.job = job
+
+    def run(self, image, command, environment=None, name=None, **_ignored):
+        return LocalContainer(self.job, command, environment or {}, name)
+
+
+def job_process_env(job, container_env):
+    """Host env minus AWS_*/MOTO_*, plus what a Batch container sees, plus the job env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+    queue = job.job_queue
+    env.update({
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+        "AWS_BATCH_JOB_ATTEMPT": str(len(job.attempts) or 1),
+        "AWS_BATCH_JQ_NAME": queue.name,
+        "AWS_BATCH_CE_NAME": queue.environments[0].name if queue.environments else "",
+    })
+    # Job definition env + containerOverrides + AWS_BATCH_JOB_ID, and moto's
+    # MOTO_HOST/MOTO_PORT/MOTO_HTTP_ENDPOINT (pointed at us by main()).
+    env.update(container_env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def patch_moto(state_seconds):
+    """Monkeypatch moto in-process (site-packages stay untouched); one comment per patch."""
+    Job = batch_models.Job
+    # 1. Real Batch, but jobs run as local processes instead of Docker containers.
+    default_user_config["batch"]["use_docker"] = True  # not the batch_simple backend
+    Job.docker_client = property(lambda self: LocalDockerClient(self))
+
+    # 2. Speed: every state transition happens on the job thread's next check, and
+    #    the checks (0.5 s / 1 s sleeps in moto) run every POLL_S instead.
+    #    (--state-seconds S instead holds each of SUBMITTED..STARTING for S seconds.)
+    state_manager.set_transition("batch::job", {"progression": "time", "seconds": state_seconds}
+                                 if state_seconds > 0 else {"progression": "manual", "times": 1})
+
+    class FastTime:  # stands in for the `time` module inside moto.batch.models only
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds):
+            time.sleep(min(seconds, POLL_S))
+
+    batch_models.time = FastTime()
+    batch_models.sleep = FastTime.sleep
+
+    # 3. ManagedState.status advances on read and is not thread-safe: a DescribeJobs
+    #    racing the job thread could skip a state. Serialise it.
+    status_lock, status_prop = threading.RLock(), ManagedState.status
+
+    def locked_status(self):
+        with status_lock:
+            return status_prop.fget(self)
+
+    Job.status = property(locked_status, status_prop.fset)
+
+    # 4. moto's env merge appends to containerOverrides.environment on every call,
+    #    so DescribeJobs grew a new AWS_BATCH_JOB_ID entry per call. Same merge
+    #    (overrides win over the job definition), without the mutation.
+    orig_prop = Job._get_container_property
+
+    def container_property(self, p, default):
+        if p != "environment":
+            return orig_prop(self, p, default)
+        merged = {e["name"]: e["value"] for e in
+                  self.job_definition.container_properties.get("environment", [])}
+        merged.update({e["name"]: e["value"] for e in
+                       self.container_overrides.get("environment", [])})
+        merged["AWS_BATCH_JOB_ID"] = self.job_id
+        return [{"name": k, "value": v} for k, v in merged.items()]
+
+    Job._get_container_property = container_property
+
+    # 5. Fidelity: real DescribeJobs has container.exitCode (moto only puts it in
+    #    ListJobs), attempts[].container.exitCode, and a statusReason for jobs
+    #    that ran to completion or timed out (set before the status flips).
+    orig_details, orig_mark, orig_stop_attempt = (
+        Job._container_details, Job._mark_stopped, Job._stop_attempt)
+
+    def container_details(self):
+        details = orig_details(self)
+        if self.job_stopped and self.exit_code is not None and not hasattr(self, "never_ran"):
+            details["exitCode"] = self.exit_code
+        return details
+
+    def mark_stopped(self, success=True):
+        if not self.job_stopped and self.job_stopped_reason is None:  # None: not terminated
+            limit = self._get_attempt_duration()
+            ran_for = (batch_models.datetime.now() - self.job_started_at).total_seconds()
+            if self.exit_code is not None:
+                self.job_stopped_reason = "Essential container in task exited"
+            elif limit and ran_for >= limit:
+                self.job_stopped_reason = "Job attempt duration exceeded timeout"
+        orig_mark(self, success)
+
+    def stop_attempt(self):
+        orig_stop_attempt(self)
+        if self.latest_attempt is not None:
+            if self.exit_code is not None and not hasattr(self, "never_ran"):
+                self.latest_attempt["container"]["exitCode"] = self.exit_code
+            if self.job_stopped_reason is not None:
+                self.latest_attempt["statusReason"] = self.job_stopped_reason
+
+    Job._container_details, Job._mark_stopped = container_details, mark_stopped
+    Job._stop_attempt = stop_attempt
+
+
+def provision(endpoint):
+    """Create the bucket, role, compute environment and queue the tests use."""
+    session = boto3.session.Session(aws_access_key_id="testing",
+                                    aws_secret_access_key="testing", region_name=REGION)
+    client = lambda name: session.client(name, endpoint_url=endpoint)
+    client("s3").create_bucket(Bucket=BUCKET)
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRole",
+        "Principal": {"Service": ["batch.amazonaws.com", "ecs-tasks.amazonaws.com"]}}]}
+    iam = client("iam")
+    role_arn = iam.create_role(
+        RoleName="mfbatch-e2e", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    # A MANAGED EC2 compute environment's instanceRole is an instance profile.
+    profile_arn = iam.create_instance_profile(
+        InstanceProfileName="mfbatch-e2e")["InstanceProfile"]["Arn"]
+    iam.add_role_to_instance_profile(InstanceProfileName="mfbatch-e2e", RoleName="mfbatch-e2e")
+    # MANAGED needs subnets and security groups: use moto's default VPC.
+    ec2 = client("ec2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    by_vpc = [{"Name": "vpc-id", "Values": [vpc]}]
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=by_vpc)["Subnets"]]
+    groups = [g["GroupId"] for g in ec2.describe_security_groups(Filters=by_vpc)["SecurityGroups"]]
+    batch = client("batch")
+    ce_arn = batch.create_compute_environment(
+        computeEnvironmentName="mfbatch-e2e-ce", type="MANAGED", state="ENABLED",
+        serviceRole=role_arn,
+        computeResources={"type": "EC2", "minvCpus": 0, "maxvCpus": 16, "desiredvCpus": 0,
+                          "instanceTypes": ["optimal"], "instanceRole": profile_arn,
+                          "subnets": subnets, "securityGroupIds": groups[:1]},
+    )["computeEnvironmentArn"]
+    batch.create_job_queue(jobQueueName=QUEUE, state="ENABLED", priority=1,
+                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce_arn}])
+    return role_arn, ce_arn
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0, help="0 = any free port")
+    ap.add_argument("--no-stdin", action="store_true", help="ignore stdin; stop on signals only")
+    ap.add_argument("--state-seconds", type=float, default=0.0,
+                    help="time each job spends in each of SUBMITTED..STARTING (default: ~0)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
+    args = ap.parse_args()
+
+    out, sys.stdout = sys.stdout, sys.stderr  # stray prints must not corrupt the JSON line
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ[key] = "testing"  # for provision(); never real credentials
+    patch_moto(args.state_seconds)
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # moto hands jobs MOTO_HOST/MOTO_PORT for reaching it; by default it guesses
+    # host.docker.internal:5000 (and shells out to curl docker.sock to do so).
+    moto_settings.moto_server_host = lambda: f"http://{host}"
+    moto_settings.moto_server_port = lambda: str(port)
+    role_arn, ce_arn = provision(endpoint)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if not args.no_stdin:
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    info = {"endpoint": endpoint, "region": REGION, "bucket": BUCKET, "queue": QUEUE,
+            "role_arn": role_arn, "access_key_id": "testing", "secret_access_key": "testing",
+            "compute_environment": ce_arn, "log_group": "/aws/batch/job"}
+    out.write(json.dumps(info) + "\n")
+    out.flush()
+    log(f"serving on {endpoint}")
+
+    while not stop.wait(0.5):
+        pass
+    log("shutting down")
+    with LIVE_LOCK:
+        running = list(LIVE)
+    for container in running:
+        container._signal(signal.SIGKILL)
+    for container in running:
+        container._done.wait(5)
+    server.stop()
+    shutil.rmtree(JOBS_DIR, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
