@@ -67,6 +67,10 @@ pub enum Warning {
     Skipped(Skipped),
     /// The package is large enough to slow every job start.
     LargePackage { bytes: u64 },
+    /// Something to tell the user, in a sentence.
+    Notice { message: String },
+    /// A job's logs could not be read (its status still is).
+    LogsUnavailable { job_id: String, reason: String },
     /// The job has waited in RUNNABLE for long.
     StuckRunnable {
         job_id: String,

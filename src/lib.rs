@@ -24,3 +24,4 @@ pub mod settings;
 pub mod spec;
 pub mod store;
 pub mod submit;
+pub mod track;

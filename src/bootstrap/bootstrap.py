@@ -1,5 +1,8 @@
 """mfbatch bootstrap: fetch, verify, unpack and run one step. Stdlib, Py3.8+,
-run as `python -u -c "$MFBATCH_BOOTSTRAP"`; reads MFBATCH_* and AWS_* env.
+run as `python -u -c "$MFBATCH_BOOTSTRAP"`. Env: MFBATCH_PACKAGE_URL (s3://,
+file://), MFBATCH_PACKAGE_SHA256, MFBATCH_SCRIPT, MFBATCH_ARGS (JSON list),
+MFBATCH_WORKDIR_PARENT, MFBATCH_BOOTSTRAP_RETRY_BASE_SECONDS (1),
+METAFLOW_S3_ENDPOINT_URL, AWS_REGION and the usual AWS credential sources.
 
 Exit: the step's code, 128+N if it died by signal N; before it runs:
 121 download failed (403/404, retries spent); 122 package corrupt (sha256, not
@@ -110,8 +113,11 @@ def _copy(src, out):
 def fetch(url, out, env):
     """Download the package into file `out`; return its SHA-256."""
     if url.startswith("file://"):
+        path = url[7:]  # mfbatch writes the path as is; else decode a real URI
+        if not os.path.isfile(path):
+            path = request.url2pathname(parse.urlsplit(url).path)
         try:
-            with open(request.url2pathname(parse.urlsplit(url).path), "rb") as src:
+            with open(path, "rb") as src:
                 return _copy(src, out)
         except OSError as e:
             raise Fail(121, "cannot read %s: %s" % (url, e))
@@ -142,7 +148,7 @@ def fetch(url, out, env):
             if e.code < 500 and e.code != 429:  # 403, 404...: retrying won't help
                 raise Fail(121, "cannot download %s: %s" % (url, why))
         except NETERR as e:
-            why = "%s: %s" % (type(e).__name__, e)
+            why = str(getattr(e, "reason", None) or e) or type(e).__name__
         if n < 6:
             wait = min(20, delay) * random.uniform(0.5, 1)
             log("download try %d failed (%s); retrying in %.1f s" % (n, why, wait))
@@ -186,10 +192,11 @@ def _member(tar, m, root):
 
 def extract(fileobj, root):
     """Unpack a tar.gz by hand: tarfile's filters differ across 3.8-3.13."""
+    root = os.path.realpath(root)
     try:
         with tarfile.open(fileobj=fileobj, mode="r:gz") as tar:
             for m in tar:
-                _member(tar, m, os.path.realpath(root))
+                _member(tar, m, root)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise Fail(122, "cannot unpack package: %s" % e)
 

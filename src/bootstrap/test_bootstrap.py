@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -31,9 +32,16 @@ import bootstrap  # noqa: E402
 with open(os.path.join(HERE, "bootstrap.py"), encoding="utf-8") as _f:
     SOURCE = _f.read()
 
-# What the job definition's command does (python3, else python, else 127).
-STUB = ('PY=$(command -v python3 || command -v python) || exit 127; '
-        'exec "$PY" -u -c "$MFBATCH_BOOTSTRAP"')
+# The job definition's command: bootstrap::STUB, read from src/bootstrap.rs so
+# this test follows it (the copy below is used if that file cannot be read).
+STUB = ('for py in python3 python; do if command -v "$py" >/dev/null 2>&1; then '
+        'exec "$py" -u -c "$MFBATCH_BOOTSTRAP"; fi; done; '
+        'echo "mfbatch-bootstrap: the image has neither python3 nor python" >&2; exit 127')
+try:
+    with open(os.path.join(HERE, "..", "bootstrap.rs"), encoding="utf-8") as _f:
+        STUB = re.search(r'pub const STUB: &str = r#"(.*?)"#;', _f.read()).group(1)
+except (OSError, AttributeError):
+    pass
 
 STEP = """\
 import os, sys
@@ -296,6 +304,14 @@ class EndToEndTest(Base):
         self.assertIn("unsigned", p.stderr)
         self.assertNotIn("authorization", FakeS3.requests[0][2])
 
+    def test_region_fallbacks(self):
+        for extra, region in (({"AWS_REGION": None, "AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+                              ({"AWS_REGION": None}, "us-east-1")):
+            del FakeS3.requests[:]
+            p = self.run_bootstrap(self.env(self.simple(), **extra))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("/%s/s3/aws4_request," % region, FakeS3.requests[0][2]["authorization"])
+
     def test_file_url(self):
         data = self.simple()
         path = pathlib.Path(self.tmp, "dir with space", "pkg.tgz")
@@ -306,6 +322,16 @@ class EndToEndTest(Base):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("greeting=hello local\n", p.stdout)
         self.assertEqual(FakeS3.requests, [])
+
+    def test_file_url_unencoded_like_local_store(self):
+        # store.rs writes format!("file://{}", path.display()): no escaping.
+        data = self.simple()
+        path = os.path.join(self.tmp, "odd 100% #1?", "pkg.tgz")
+        os.mkdir(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(data)
+        p = self.run_bootstrap(self.env(data, MFBATCH_PACKAGE_URL="file://" + path))
+        self.assertEqual(p.returncode, 0, p.stderr)
 
     def test_file_url_missing(self):
         env = self.env(b"x", MFBATCH_PACKAGE_URL="file:///nonexistent/pkg.tgz")
@@ -453,7 +479,8 @@ class UnsafeArchiveTest(Base):
 
     def test_dotdot_member(self):
         info = tarfile.TarInfo("../evil")
-        self.hostile((info, b"pwned"))
+        p = self.hostile((info, b"pwned"))
+        self.assertIn("unsafe member name '../evil'", p.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.parent, "evil")))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "evil")))
 

@@ -98,6 +98,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<String>,
 
+    /// Stop and fail the job if it waits in RUNNABLE this long (e.g. 30m); default: wait.
+    #[arg(long, value_name = "DURATION")]
+    pub runnable_timeout: Option<String>,
+
     /// Print the job id once submitted and exit, instead of following the job.
     #[arg(long)]
     pub detach: bool,

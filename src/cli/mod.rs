@@ -5,6 +5,8 @@ mod args;
 mod config_cmd;
 mod exit;
 mod failure;
+mod follow;
+mod jobs_cmd;
 mod render;
 mod report;
 mod run;
@@ -15,7 +17,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use args::{Cli, Command};
-use failure::Failure;
 use style::Style;
 
 /// Global choices every command honours.
@@ -44,10 +45,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args, global).await,
             Command::Config => config_cmd::show(global).map(|()| exit::SUCCESS),
-            Command::Logs(_) | Command::Status(_) | Command::Kill(_) => Err(Failure::usage_message(
-                "this command is not available yet",
-                None,
-            )),
+            Command::Logs(args) => jobs_cmd::logs(args, global).await,
+            Command::Status(args) => jobs_cmd::status(args, global).await,
+            Command::Kill(args) => jobs_cmd::kill(args, global).await,
         }
     });
     let code = match result {

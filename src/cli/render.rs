@@ -130,6 +130,13 @@ impl Writer {
                         }
                         SkipReason::BrokenLink => format!("skipped {}: the link is broken or loops", s.path),
                     },
+                    Warning::Notice { message } => {
+                        self.status(message.clone());
+                        return;
+                    }
+                    Warning::LogsUnavailable { job_id, reason } => {
+                        format!("cannot read the logs of job {job_id}: {reason}")
+                    }
                     Warning::LargePackage { bytes } => format!(
                         "the package is {}; every job start downloads it (use --root or --package-suffixes to trim it)",
                         human_bytes(*bytes)

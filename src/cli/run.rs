@@ -11,7 +11,9 @@ use super::args::{Output, RunArgs};
 use super::config_cmd;
 use super::exit;
 use super::failure::Failure;
+use super::follow::{self, OnInterrupt};
 use super::render::{RenderOptions, Renderer};
+use mfbatch::track::FollowRequest;
 use super::Global;
 
 pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
@@ -46,6 +48,11 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         local: args.local,
     };
     let spec = build_spec(&settings, &options)?;
+    let runnable_timeout = args
+        .runnable_timeout
+        .as_deref()
+        .map(|t| parse_duration("--runnable-timeout", t))
+        .transpose()?;
     if spec.batch().is_none() {
         return Err(Failure::usage_message("--local is not available yet", None));
     }
@@ -73,17 +80,33 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         Ok(Launched::Submitted(submitted))
     }
     .await;
+    drop(events);
     renderer.finish().await;
     match result? {
         Launched::DryRun(doc) => {
             println!("{}", serde_json::to_string_pretty(&doc).expect("serializes"));
             Ok(exit::SUCCESS)
         }
-        Launched::Submitted(submitted) => {
+        Launched::Submitted(submitted) if args.detach => {
             if global.output == Output::Text {
                 println!("{}", submitted.job_id);
             }
             Ok(exit::SUCCESS)
+        }
+        Launched::Submitted(submitted) => {
+            let request = FollowRequest {
+                job_name: Some(submitted.job_name.clone()),
+                ..FollowRequest::new(submitted.job_id.clone())
+            };
+            follow::follow(
+                &clients,
+                follow::tracker_config(runnable_timeout),
+                vec![request],
+                follow::renderer(&global, false, false),
+                OnInterrupt::StopJobs,
+                global.style,
+            )
+            .await
         }
     }
 }
@@ -115,5 +138,17 @@ fn dry_run_document(prepared: &Prepared, plan: &Plan) -> serde_json::Value {
         },
         "submitJob": plan.submit_job,
         "containerOverridesChars": plan.submit_job.overrides_chars(),
+    })
+}
+
+/// Parses `90s`, `10m`, `2h` for a flag.
+pub fn parse_duration(flag: &'static str, text: &str) -> Result<std::time::Duration, Failure> {
+    humantime::parse_duration(text).map_err(|e| {
+        mfbatch::error::ConfigError::InvalidFlag {
+            flag,
+            value: text.to_owned(),
+            reason: format!("{e}; expected a duration such as 90s, 10m or 2h"),
+        }
+        .into()
     })
 }

@@ -1,0 +1,133 @@
+//! `mfbatch logs`, `mfbatch status` and `mfbatch kill`: commands on jobs submitted earlier.
+
+use mfbatch::aws::{ClientOptions, Clients};
+use mfbatch::error::{AwsError, Service};
+use mfbatch::event::JobStatus;
+use mfbatch::track::snapshot::JobSnapshot;
+use mfbatch::track::{logs::start_time_for, stop_job, FollowRequest, RateBudget, MAX_IDS_PER_CALL};
+
+use super::args::{KillArgs, LogsArgs, Output, StatusArgs};
+use super::exit;
+use super::failure::Failure;
+use super::follow::{self, OnInterrupt};
+use super::run::parse_duration;
+use super::Global;
+
+async fn clients() -> Result<Clients, Failure> {
+    Ok(Clients::from_environment(&ClientOptions::default()).await?)
+}
+
+pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_duration("--since", s))
+        .transpose()?
+        .map(start_time_for);
+    if args.attempt == Some(0) {
+        return Err(Failure::usage_message("--attempt counts from 1", None));
+    }
+    let clients = clients().await?;
+    let requests = args
+        .job_ids
+        .iter()
+        .map(|id| FollowRequest {
+            attempt: args.attempt,
+            logs_since_ms: since,
+            once: args.no_follow,
+            ..FollowRequest::new(id.clone())
+        })
+        .collect();
+    follow::follow(
+        &clients,
+        follow::tracker_config(None),
+        requests,
+        follow::renderer(&global, args.job_ids.len() > 1, args.timestamps),
+        OnInterrupt::Leave,
+        global.style,
+    )
+    .await
+}
+
+/// Describes jobs in calls of up to 100 ids.
+async fn describe(clients: &Clients, ids: &[String]) -> Result<Vec<JobSnapshot>, Failure> {
+    let mut found = Vec::new();
+    for chunk in ids.chunks(MAX_IDS_PER_CALL) {
+        let out = clients
+            .batch
+            .describe_jobs()
+            .set_jobs(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(Service::Batch, "DescribeJobs", e))
+            .map_err(aws_failure)?;
+        found.extend(out.jobs().iter().filter_map(JobSnapshot::from_detail));
+    }
+    Ok(found)
+}
+
+fn aws_failure(e: AwsError) -> Failure {
+    let hint = e.hint();
+    Failure::new(e, hint, exit::FAILURE)
+}
+
+pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
+    let clients = clients().await?;
+    let snapshots = describe(&clients, &args.job_ids).await?;
+    let missing: Vec<&String> = args
+        .job_ids
+        .iter()
+        .filter(|id| !snapshots.iter().any(|s| &s.job_id == *id))
+        .collect();
+    for snapshot in &snapshots {
+        let outcome = snapshot.status.is_terminal().then(|| snapshot.outcome());
+        match global.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "job_id": snapshot.job_id,
+                    "job_name": snapshot.job_name,
+                    "status": snapshot.status,
+                    "status_reason": snapshot.status_reason,
+                    "exit_code": outcome.as_ref().and_then(|o| o.exit_code),
+                    "summary": outcome.as_ref().and_then(|o| o.summary.clone()),
+                })
+            ),
+            Output::Text => {
+                let detail = outcome
+                    .and_then(|o| o.summary)
+                    .or_else(|| snapshot.status_reason.clone())
+                    .unwrap_or_default();
+                println!("{}  {:<10} {}  {}", snapshot.job_id, snapshot.status, snapshot.job_name, detail);
+            }
+        }
+    }
+    for id in &missing {
+        eprintln!("{} job {id} was not found", global.style.error("error:"));
+    }
+    Ok(if missing.is_empty() { exit::SUCCESS } else { exit::FAILURE })
+}
+
+pub async fn kill(args: KillArgs, global: Global) -> Result<u8, Failure> {
+    let clients = clients().await?;
+    let snapshots = describe(&clients, &args.job_ids).await?;
+    let budget = RateBudget::new(5.0);
+    let mut code = exit::SUCCESS;
+    for id in &args.job_ids {
+        let Some(snapshot) = snapshots.iter().find(|s| &s.job_id == id) else {
+            eprintln!("{} job {id} was not found", global.style.error("error:"));
+            code = exit::FAILURE;
+            continue;
+        };
+        if snapshot.status.is_terminal() {
+            eprintln!("Job {id} already ended ({})", snapshot.status);
+            continue;
+        }
+        stop_job(&clients.batch, &budget, id, Some(snapshot.status), &args.reason)
+            .await
+            .map_err(aws_failure)?;
+        let verb = if snapshot.status < JobStatus::Starting { "Cancelled" } else { "Terminated" };
+        eprintln!("{verb} job {id} ({})", snapshot.status);
+    }
+    Ok(code)
+}

@@ -1,0 +1,104 @@
+//! A shared call budget per AWS service: every caller in the process waits its turn, so a
+//! thousand followed jobs make no more calls per second than one configured rate.
+//!
+//! The rate adapts: throttling halves it (down to a floor), each success wins a little back.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Paces calls to one service.
+#[derive(Debug)]
+pub struct RateBudget {
+    base_interval: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    next_slot: Instant,
+    interval: Duration,
+    calls: u64,
+}
+
+/// How far throttling can slow a budget: to 1/16 of its configured rate.
+const MAX_SLOWDOWN: u32 = 16;
+
+impl RateBudget {
+    /// A budget of `per_second` calls per second (at least one call every 10 s).
+    pub fn new(per_second: f64) -> Self {
+        let base_interval = Duration::from_secs_f64(1.0 / per_second.max(0.1));
+        RateBudget {
+            base_interval,
+            state: Mutex::new(State {
+                next_slot: Instant::now(),
+                interval: base_interval,
+                calls: 0,
+            }),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut state = self.state.lock().expect("budget lock");
+            let now = Instant::now();
+            let slot = state.next_slot.max(now);
+            state.next_slot = slot + state.interval;
+            state.calls += 1;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// The service throttled us even after the SDK's retries: slow everyone down.
+    pub fn throttled(&self) {
+        let mut state = self.state.lock().expect("budget lock");
+        state.interval = (state.interval * 2).min(self.base_interval * MAX_SLOWDOWN);
+        state.next_slot = state.next_slot.max(Instant::now()) + state.interval;
+    }
+
+    /// A call went through: recover a little of the configured rate.
+    pub fn succeeded(&self) {
+        let mut state = self.state.lock().expect("budget lock");
+        if state.interval > self.base_interval {
+            state.interval = (state.interval.mul_f64(0.9)).max(self.base_interval);
+        }
+    }
+
+    /// Calls granted so far.
+    pub fn calls(&self) -> u64 {
+        self.state.lock().expect("budget lock").calls
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_calls_at_the_configured_rate() {
+        let budget = RateBudget::new(10.0);
+        let start = Instant::now();
+        for _ in 0..21 {
+            budget.acquire().await;
+        }
+        // 21 calls at 10/s: the first is immediate, the last two seconds later.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(budget.calls(), 21);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_slows_down_and_success_recovers() {
+        let budget = RateBudget::new(10.0);
+        budget.throttled();
+        budget.throttled();
+        let interval = budget.state.lock().unwrap().interval;
+        assert_eq!(interval, Duration::from_millis(400));
+        for _ in 0..100 {
+            budget.succeeded();
+        }
+        assert_eq!(budget.state.lock().unwrap().interval, Duration::from_millis(100));
+    }
+}

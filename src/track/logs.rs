@@ -1,0 +1,153 @@
+//! Following one attempt's CloudWatch log stream: every event exactly once, in order.
+//!
+//! GetLogEvents pages forward from the head with the forward token. An empty page can come
+//! while more data exists; the end of the stream returns the token that was sent. A failed call
+//! is retried with the same token, so nothing is lost or repeated. Streams with data are polled
+//! often, idle ones less and less; after the job ends, the stream is drained until it has been
+//! quiet for a while, because the log driver delivers the last lines seconds late.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::budget::RateBudget;
+use super::TrackerConfig;
+use crate::error::{AwsError, AwsErrorKind, Service};
+use crate::event::{Event, EventSink};
+
+/// Which stream, for which job.
+#[derive(Debug, Clone)]
+pub struct StreamRef {
+    pub job_id: String,
+    pub job_name: String,
+    pub attempt: usize,
+    pub group: String,
+    pub stream: String,
+    /// Only events at or after this time (epoch ms).
+    pub start_time_ms: Option<i64>,
+}
+
+/// Why a follower stopped early.
+#[derive(Debug)]
+pub enum FollowEnd {
+    Drained,
+    /// A failure that retrying will not fix (e.g. access denied to the log group).
+    Failed(AwsError),
+}
+
+/// Follows the stream until `job_done` turns true and the stream has been quiet for the drain
+/// window (or the drain limit passes). With `once`, reads to the current end and stops.
+pub async fn follow(
+    client: aws_sdk_cloudwatchlogs::Client,
+    budget: Arc<RateBudget>,
+    config: TrackerConfig,
+    stream: StreamRef,
+    mut job_done: watch::Receiver<bool>,
+    events: EventSink,
+    once: bool,
+) -> FollowEnd {
+    let mut token: Option<String> = None;
+    let mut interval = config.log_min_interval;
+    let mut done_at: Option<Instant> = job_done.borrow().then(Instant::now);
+    let mut last_data: Option<Instant> = None;
+    loop {
+        budget.acquire().await;
+        let mut request = client
+            .get_log_events()
+            .log_group_name(&stream.group)
+            .log_stream_name(&stream.stream)
+            .start_from_head(true)
+            .set_next_token(token.clone());
+        if token.is_none() {
+            request = request.set_start_time(stream.start_time_ms);
+        }
+        let at_end = match request.send().await {
+            Ok(page) => {
+                budget.succeeded();
+                let got = page.events().len();
+                for e in page.events() {
+                    events(Event::Log {
+                        job_id: stream.job_id.clone(),
+                        job_name: stream.job_name.clone(),
+                        attempt: stream.attempt,
+                        timestamp_ms: e.timestamp().unwrap_or_default(),
+                        message: e.message().unwrap_or_default().to_owned(),
+                    });
+                }
+                let next = page.next_forward_token().map(str::to_owned);
+                let same_token = next.is_some() && next == token;
+                if next.is_some() {
+                    token = next;
+                }
+                if got > 0 {
+                    last_data = Some(Instant::now());
+                    interval = config.log_min_interval;
+                    false
+                } else if same_token {
+                    // The end of what is there now: back off while the stream stays idle.
+                    interval = (interval * 2).min(config.log_max_interval);
+                    true
+                } else {
+                    // An empty page with a new token: more may follow right away.
+                    interval = config.log_min_interval;
+                    false
+                }
+            }
+            Err(err) => {
+                let err = AwsError::from_sdk(Service::Logs, "GetLogEvents", err);
+                match err.kind {
+                    // The stream appears a little after the attempt starts.
+                    AwsErrorKind::NotFound => {
+                        interval = (interval * 2).min(config.log_max_interval);
+                        true
+                    }
+                    AwsErrorKind::Throttled => {
+                        budget.throttled();
+                        false
+                    }
+                    AwsErrorKind::AccessDenied | AwsErrorKind::Credentials => return FollowEnd::Failed(err),
+                    _ => {
+                        interval = (interval * 2).min(config.log_max_interval);
+                        false
+                    }
+                }
+            }
+        };
+        if once && at_end {
+            return FollowEnd::Drained;
+        }
+        if let Some(done) = done_at {
+            let quiet_since = last_data.map_or(done, |d| d.max(done));
+            if at_end && quiet_since.elapsed() >= config.drain_quiet {
+                return FollowEnd::Drained;
+            }
+            if done.elapsed() >= config.drain_max {
+                return FollowEnd::Drained;
+            }
+            // While draining, look again soon enough to end near the quiet window's end.
+            interval = interval.min(config.drain_quiet / 2).max(config.log_min_interval);
+        }
+        if done_at.is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = job_done.changed() => {
+                    if changed.is_err() || *job_done.borrow() {
+                        done_at = Some(Instant::now());
+                    }
+                }
+            }
+        } else {
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// How long ago `since` was, as an epoch-ms start time for `--since`.
+pub fn start_time_for(since: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(since).as_millis() as i64
+}

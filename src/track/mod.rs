@@ -1,0 +1,278 @@
+//! Following jobs to the end: one [`Tracker`] per process shares one status poller and one rate
+//! budget per service among every followed job, so a thousand jobs cost a handful of calls per
+//! second. Each job gets a [`JobHandle`]: its events, and an outcome to await.
+//!
+//! ```no_run
+//! # async fn demo(clients: mfbatch::aws::Clients, ids: Vec<String>) {
+//! use mfbatch::track::{Tracker, TrackerConfig, FollowRequest};
+//! let tracker = Tracker::new(&clients, TrackerConfig::default());
+//! let handles: Vec<_> = ids.into_iter().map(|id| tracker.follow(FollowRequest::new(id))).collect();
+//! for handle in handles {
+//!     let outcome = handle.wait().await;
+//! }
+//! # }
+//! ```
+
+mod budget;
+mod job;
+pub mod logs;
+mod poller;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+pub use budget::RateBudget;
+pub use poller::{poll_interval, MAX_IDS_PER_CALL};
+
+use crate::aws::Clients;
+use crate::error::{AwsError, Service};
+use crate::event::{Event, EventSink, JobStatus, Outcome};
+
+/// How often and how fast to call AWS while following.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Batch calls per second for the whole process (account quota: about 50/s for all callers).
+    pub batch_calls_per_second: f64,
+    /// GetLogEvents calls per second for the whole process (account quota: about 25/s, or 10/s).
+    pub logs_calls_per_second: f64,
+    /// Shortest and longest interval between status polls of one job.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    /// Shortest and longest interval between reads of one log stream.
+    pub log_min_interval: Duration,
+    pub log_max_interval: Duration,
+    /// After the job ends, stop reading a stream once it has been quiet this long…
+    pub drain_quiet: Duration,
+    /// …or once this long has passed since the end, whichever comes first.
+    pub drain_max: Duration,
+    /// How long a just-submitted id may be unknown to DescribeJobs.
+    pub not_found_grace: Duration,
+    /// Warn when a job waits in RUNNABLE this long.
+    pub runnable_warning: Duration,
+    /// Stop and fail a job that waits in RUNNABLE this long.
+    pub runnable_timeout: Option<Duration>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            batch_calls_per_second: 5.0,
+            logs_calls_per_second: 10.0,
+            poll_min: Duration::from_secs(1),
+            poll_max: Duration::from_secs(30),
+            log_min_interval: Duration::from_millis(500),
+            log_max_interval: Duration::from_secs(15),
+            drain_quiet: Duration::from_secs(12),
+            drain_max: Duration::from_secs(60),
+            not_found_grace: Duration::from_secs(30),
+            runnable_warning: Duration::from_secs(300),
+            runnable_timeout: None,
+        }
+    }
+}
+
+/// Why following a job failed (as opposed to the job failing).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrackError {
+    #[error("job {job_id} is not known to AWS Batch (finished jobs are only kept for a few days)")]
+    NotFound { job_id: String },
+    #[error("cannot follow job {job_id}")]
+    Aws {
+        job_id: String,
+        #[source]
+        source: Arc<AwsError>,
+    },
+    #[error("job {job_id} waited in RUNNABLE longer than {waited:?} and was stopped")]
+    RunnableTimeout { job_id: String, waited: Duration },
+}
+
+impl TrackError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            TrackError::NotFound { .. } => Some("check the job id and the region (AWS_REGION)".into()),
+            TrackError::Aws { source, .. } => source.hint(),
+            TrackError::RunnableTimeout { .. } => Some(
+                "no compute environment of the queue can place the job: compare --cpu/--memory with its instance types and maxvCpus"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// What to follow.
+#[derive(Debug, Clone)]
+pub struct FollowRequest {
+    pub job_id: String,
+    /// Name used in events until DescribeJobs reports the real one.
+    pub job_name: Option<String>,
+    /// Follow only this attempt's logs (1-based); `None`: every attempt.
+    pub attempt: Option<usize>,
+    /// Skip log events older than this (epoch ms).
+    pub logs_since_ms: Option<i64>,
+    /// Read what is there and stop, without waiting for the job to end.
+    pub once: bool,
+    /// Follow status only; no log calls at all.
+    pub without_logs: bool,
+}
+
+impl FollowRequest {
+    pub fn new(job_id: impl Into<String>) -> Self {
+        FollowRequest {
+            job_id: job_id.into(),
+            job_name: None,
+            attempt: None,
+            logs_since_ms: None,
+            once: false,
+            without_logs: false,
+        }
+    }
+}
+
+/// Shared machinery for following many jobs.
+#[derive(Clone)]
+pub struct Tracker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    batch: aws_sdk_batch::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
+    config: TrackerConfig,
+    batch_budget: Arc<RateBudget>,
+    logs_budget: Arc<RateBudget>,
+    poller: mpsc::UnboundedSender<poller::Command>,
+}
+
+impl Tracker {
+    /// Starts the shared poller on the current tokio runtime.
+    pub fn new(clients: &Clients, config: TrackerConfig) -> Self {
+        let batch_budget = Arc::new(RateBudget::new(config.batch_calls_per_second));
+        let logs_budget = Arc::new(RateBudget::new(config.logs_calls_per_second));
+        let (poller_tx, poller_rx) = mpsc::unbounded_channel();
+        tokio::spawn(poller::run(
+            clients.batch.clone(),
+            batch_budget.clone(),
+            config.clone(),
+            poller_rx,
+        ));
+        Tracker {
+            inner: Arc::new(Inner {
+                batch: clients.batch.clone(),
+                logs: clients.logs.clone(),
+                config,
+                batch_budget,
+                logs_budget,
+                poller: poller_tx,
+            }),
+        }
+    }
+
+    /// Follows a job; its events go to the handle.
+    pub fn follow(&self, request: FollowRequest) -> JobHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink: EventSink = Arc::new(move |event| {
+            let _ = tx.send(event);
+        });
+        let mut handle = self.follow_with(request, sink);
+        handle.events = Some(rx);
+        handle
+    }
+
+    /// Follows a job; its events go to `sink` (which many jobs may share).
+    pub fn follow_with(&self, request: FollowRequest, sink: EventSink) -> JobHandle {
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let job_id = request.job_id.clone();
+        let _ = self.inner.poller.send(poller::Command::Watch {
+            job_id: job_id.clone(),
+            updates: updates_tx,
+        });
+        let context = job::Context {
+            batch: self.inner.batch.clone(),
+            logs: self.inner.logs.clone(),
+            config: self.inner.config.clone(),
+            batch_budget: self.inner.batch_budget.clone(),
+            logs_budget: self.inner.logs_budget.clone(),
+            poller: self.inner.poller.clone(),
+        };
+        let task = tokio::spawn(job::run(context, request, updates_rx, sink));
+        JobHandle {
+            job_id,
+            events: None,
+            task,
+        }
+    }
+
+    /// Stops a job: CancelJob while it waits, TerminateJob once it may be running.
+    pub async fn stop(&self, job_id: &str, last_status: Option<JobStatus>, reason: &str) -> Result<(), AwsError> {
+        stop_job(&self.inner.batch, &self.inner.batch_budget, job_id, last_status, reason).await?;
+        let _ = self.inner.poller.send(poller::Command::PollSoon {
+            job_id: job_id.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Calls made so far, per service (Batch, Logs), for reports and benchmarks.
+    pub fn calls(&self) -> (u64, u64) {
+        (self.inner.batch_budget.calls(), self.inner.logs_budget.calls())
+    }
+}
+
+/// CancelJob before the job can run, TerminateJob after (or when the state is unknown, since
+/// TerminateJob also cancels jobs that have not started).
+pub async fn stop_job(
+    client: &aws_sdk_batch::Client,
+    budget: &RateBudget,
+    job_id: &str,
+    last_status: Option<JobStatus>,
+    reason: &str,
+) -> Result<(), AwsError> {
+    budget.acquire().await;
+    let waiting = matches!(
+        last_status,
+        Some(JobStatus::Submitted | JobStatus::Pending | JobStatus::Runnable)
+    );
+    if waiting {
+        client
+            .cancel_job()
+            .job_id(job_id)
+            .reason(reason)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(Service::Batch, "CancelJob", e))?;
+    }
+    // A job can move on between our last poll and the cancel; terminate to be sure it stops.
+    client
+        .terminate_job()
+        .job_id(job_id)
+        .reason(reason)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(Service::Batch, "TerminateJob", e))?;
+    Ok(())
+}
+
+/// One followed job.
+pub struct JobHandle {
+    pub job_id: String,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    task: tokio::task::JoinHandle<Result<Outcome, TrackError>>,
+}
+
+impl JobHandle {
+    /// The next event of this job (only for handles from [`Tracker::follow`]).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.as_mut()?.recv().await
+    }
+
+    /// Waits for the job to end and its logs to drain.
+    pub async fn wait(self) -> Result<Outcome, TrackError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The one status poller of a process: it batches every followed job into DescribeJobs calls of
+//! up to 100 ids, polls each job at an interval suited to its state, and hands snapshots to the
+//! job's own task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::budget::RateBudget;
+use super::snapshot::JobSnapshot;
+use super::TrackerConfig;
+use crate::error::{AwsError, AwsErrorKind, Service};
+use crate::event::JobStatus;
+
+/// DescribeJobs takes at most this many ids.
+pub const MAX_IDS_PER_CALL: usize = 100;
+
+/// What the poller tells a job's task.
+#[derive(Debug)]
+pub enum Update {
+    Snapshot(Box<JobSnapshot>),
+    /// DescribeJobs has not known the id for longer than the grace period.
+    NotFound,
+    /// DescribeJobs keeps failing for a reason retrying will not fix (e.g. access denied).
+    Failed(Arc<AwsError>),
+}
+
+/// Requests to the poller.
+pub enum Command {
+    Watch { job_id: String, updates: mpsc::UnboundedSender<Update> },
+    /// Poll this job at the next opportunity (e.g. right after stopping it).
+    PollSoon { job_id: String },
+}
+
+struct Watch {
+    updates: mpsc::UnboundedSender<Update>,
+    next_due: Instant,
+    /// When the job entered its current status, as first seen here.
+    status_since: Instant,
+    status: Option<JobStatus>,
+    first_missing: Option<Instant>,
+}
+
+/// Runs until every handle to the poller is gone and no job is watched.
+pub async fn run(
+    client: aws_sdk_batch::Client,
+    budget: Arc<RateBudget>,
+    config: TrackerConfig,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut watches: HashMap<String, Watch> = HashMap::new();
+    let mut open = true;
+    let mut rng = fastrand::Rng::new();
+    loop {
+        // Drop jobs whose task has finished (it closed its receiver).
+        watches.retain(|_, w| !w.updates.is_closed());
+        if !open && watches.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let next_due = watches.values().map(|w| w.next_due).min();
+        if next_due.is_none_or(|due| due > now) {
+            let wake = next_due.unwrap_or(now + Duration::from_secs(3600));
+            tokio::select! {
+                command = commands.recv(), if open => match command {
+                    Some(command) => apply(&mut watches, command),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            continue;
+        }
+        while let Ok(command) = commands.try_recv() {
+            apply(&mut watches, command);
+        }
+        for batch in choose_batches(&watches, now) {
+            budget.acquire().await;
+            let result = client.describe_jobs().set_jobs(Some(batch.clone())).send().await;
+            let now = Instant::now();
+            match result {
+                Ok(out) => {
+                    budget.succeeded();
+                    let mut seen = std::collections::HashSet::new();
+                    for detail in out.jobs() {
+                        let Some(snapshot) = JobSnapshot::from_detail(detail) else { continue };
+                        let Some(watch) = watches.get_mut(&snapshot.job_id) else { continue };
+                        seen.insert(snapshot.job_id.clone());
+                        watch.first_missing = None;
+                        if watch.status != Some(snapshot.status) {
+                            watch.status = Some(snapshot.status);
+                            watch.status_since = now;
+                        }
+                        let interval = poll_interval(&config, snapshot.status, now - watch.status_since);
+                        watch.next_due = now + jitter(&mut rng, interval);
+                        let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));
+                    }
+                    for id in batch.iter().filter(|id| !seen.contains(*id)) {
+                        let Some(watch) = watches.get_mut(id) else { continue };
+                        // Just submitted ids can be missing for a moment (eventual consistency).
+                        let since = *watch.first_missing.get_or_insert(now);
+                        if now - since > config.not_found_grace {
+                            let _ = watch.updates.send(Update::NotFound);
+                            watches.remove(id);
+                        } else {
+                            watch.next_due = now + config.poll_min;
+                        }
+                    }
+                }
+                Err(err) => {
+                    let err = AwsError::from_sdk(Service::Batch, "DescribeJobs", err);
+                    if err.kind == AwsErrorKind::Throttled {
+                        budget.throttled();
+                    }
+                    let fatal = matches!(err.kind, AwsErrorKind::AccessDenied | AwsErrorKind::Credentials);
+                    let err = Arc::new(err);
+                    for id in &batch {
+                        let Some(watch) = watches.get_mut(id) else { continue };
+                        if fatal {
+                            let _ = watch.updates.send(Update::Failed(err.clone()));
+                        } else {
+                            // Try again later; the job's state is not lost by waiting.
+                            watch.next_due = now + jitter(&mut rng, config.poll_max.min(Duration::from_secs(5)));
+                        }
+                    }
+                    if fatal {
+                        for id in &batch {
+                            watches.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
+    match command {
+        Command::Watch { job_id, updates } => {
+            let now = Instant::now();
+            watches.insert(
+                job_id,
+                Watch {
+                    updates,
+                    next_due: now,
+                    status_since: now,
+                    status: None,
+                    first_missing: None,
+                },
+            );
+        }
+        Command::PollSoon { job_id } => {
+            if let Some(watch) = watches.get_mut(&job_id) {
+                watch.next_due = Instant::now();
+            }
+        }
+    }
+}
+
+/// The ids to poll now, in calls of at most 100: every due job, then jobs due within the next
+/// 10 s to fill the calls (a piggybacked id costs no extra call).
+fn choose_batches(watches: &HashMap<String, Watch>, now: Instant) -> Vec<Vec<String>> {
+    let mut due: Vec<(&String, Instant)> = watches
+        .iter()
+        .filter(|(_, w)| w.next_due <= now)
+        .map(|(id, w)| (id, w.next_due))
+        .collect();
+    due.sort_by_key(|(_, at)| *at);
+    let slots = due.len().div_ceil(MAX_IDS_PER_CALL) * MAX_IDS_PER_CALL;
+    if due.len() < slots {
+        let mut soon: Vec<(&String, Instant)> = watches
+            .iter()
+            .filter(|(_, w)| w.next_due > now && w.next_due <= now + Duration::from_secs(10))
+            .map(|(id, w)| (id, w.next_due))
+            .collect();
+        soon.sort_by_key(|(_, at)| *at);
+        due.extend(soon.into_iter().take(slots - due.len()));
+    }
+    due.chunks(MAX_IDS_PER_CALL)
+        .map(|chunk| chunk.iter().map(|(id, _)| (*id).clone()).collect())
+        .collect()
+}
+
+/// Short right after a change, longer the longer a job waits; RUNNING jobs are polled often
+/// enough to notice their end promptly (their logs come through the log followers anyway).
+pub fn poll_interval(config: &TrackerConfig, status: JobStatus, in_status: Duration) -> Duration {
+    let scaled = match status {
+        JobStatus::Starting => config.poll_min,
+        JobStatus::Running => (in_status / 10).clamp(config.poll_min * 2, config.poll_max / 3),
+        _ => (in_status / 5).clamp(config.poll_min, config.poll_max),
+    };
+    scaled.max(config.poll_min)
+}
+
+/// ±10%, so thousands of jobs submitted together do not poll in lockstep.
+fn jitter(rng: &mut fastrand::Rng, interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + rng.f64() * 0.2)
+}
