@@ -75,7 +75,7 @@ pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, 
             datastore_dir: PathBuf::from(&dir.value),
         })
     } else {
-        Target::Batch(batch_target(settings, options, user, &script)?)
+        Target::Batch(Box::new(batch_target(settings, options, user, &script)?))
     };
     Ok(JobSpec {
         root,

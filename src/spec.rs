@@ -238,7 +238,7 @@ impl Tags {
 /// Where the job runs, with what that place needs.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Batch(BatchTarget),
+    Batch(Box<BatchTarget>),
     Local(LocalTarget),
 }
 

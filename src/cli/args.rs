@@ -34,7 +34,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Package a script, submit it to AWS Batch (or run it locally) and follow it to the end.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show every setting, its value and where it came from.
     Config,
     /// Print a job's logs, following them until the job ends.

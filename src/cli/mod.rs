@@ -43,7 +43,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args, global).await,
+            Command::Run(args) => run::run(*args, global).await,
             Command::Config => config_cmd::show(global).map(|()| exit::SUCCESS),
             Command::Logs(args) => jobs_cmd::logs(args, global).await,
             Command::Status(args) => jobs_cmd::status(args, global).await,
