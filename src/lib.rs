@@ -16,6 +16,7 @@ pub mod event;
 pub mod image;
 pub mod jobdef;
 pub mod launch;
+pub mod local;
 pub mod package;
 pub mod queue;
 pub mod request;

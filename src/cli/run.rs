@@ -54,7 +54,10 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         .map(|t| parse_duration("--runnable-timeout", t))
         .transpose()?;
     if spec.batch().is_none() {
-        return Err(Failure::usage_message("--local is not available yet", None));
+        if args.dry_run || args.detach {
+            return Err(Failure::usage_message("--dry-run and --detach are for AWS Batch jobs, not --local", None));
+        }
+        return run_local(spec, global).await;
     }
     let clients = Clients::from_environment(&ClientOptions {
         s3_endpoint_url: spec.batch().and_then(|b| b.s3_endpoint_url.clone()),
@@ -151,4 +154,52 @@ pub fn parse_duration(flag: &'static str, text: &str) -> Result<std::time::Durat
         }
         .into()
     })
+}
+
+/// `run --local`: the same package and bootstrap, as a process on this machine.
+async fn run_local(spec: mfbatch::spec::JobSpec, global: Global) -> Result<u8, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let renderer = follow::renderer(&global, false, false);
+    let events = renderer.sink();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut interrupted = false;
+    // `None`: a second interrupt, leave without waiting for the step.
+    let result = {
+        let work = async {
+            let prepared = launch::prepare(spec, &events).await.map_err(Failure::from)?;
+            mfbatch::local::run(&prepared, &events, stop_rx)
+                .await
+                .map_err(|e| Failure::new(e, None, exit::FAILURE))
+        };
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => break Some(result),
+                _ = async { tokio::select! { _ = sigint.recv() => {}, _ = sigterm.recv() => {} } } => {
+                    if interrupted {
+                        break None;
+                    }
+                    interrupted = true;
+                    let _ = stop_tx.send(true);
+                }
+            }
+        }
+    };
+    drop(events);
+    renderer.finish().await;
+    match result {
+        None => Ok(exit::INTERRUPTED),
+        Some(result) => {
+            let outcome = result?;
+            Ok(if interrupted {
+                exit::INTERRUPTED
+            } else if outcome.succeeded() {
+                exit::SUCCESS
+            } else {
+                exit::for_failed_job(outcome.exit_code)
+            })
+        }
+    }
 }

@@ -1,0 +1,176 @@
+//! The local backend: runs a job's package through the same bootstrap as a Batch container, as
+//! a process on this machine, with its output coming back as the same events.
+//!
+//! The package goes to a local datastore directory (content-addressed like S3), so no AWS
+//! account, configuration or credentials are involved.
+
+use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bootstrap::{self, Invocation};
+use crate::event::{Event, EventSink, JobStatus, Outcome};
+use crate::launch::{job_environment, Prepared};
+use crate::spec::Target;
+use crate::store::{LocalStore, PackageStore, StoreError};
+use crate::track::snapshot::JobSnapshot;
+
+/// Why a local run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalError {
+    #[error("cannot store the code package")]
+    Store(#[from] StoreError),
+    #[error("cannot start `sh` to run the bootstrap")]
+    Spawn(#[source] std::io::Error),
+    #[error("lost the job's output")]
+    Output(#[source] std::io::Error),
+}
+
+/// Runs the prepared job locally until it exits; `stop` turning true sends it SIGTERM.
+pub async fn run(prepared: &Prepared, events: &EventSink, mut stop: watch::Receiver<bool>) -> Result<Outcome, LocalError> {
+    let Target::Local(target) = &prepared.spec.target else {
+        panic!("local::run is for local jobs");
+    };
+    let store = LocalStore::new(&target.datastore_dir);
+    let sha = &prepared.package.sha256;
+    let url = store.url(sha);
+    if store.contains(sha).await? {
+        events(Event::UploadSkipped { url: url.clone() });
+    } else {
+        store.put(&prepared.package, &|_, _| {}).await?;
+        events(Event::Uploaded {
+            url: url.clone(),
+            bytes: prepared.package.size,
+        });
+    }
+
+    let job_id = format!("local-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis());
+    let job_name = prepared.spec.name.to_string();
+    let invocation = Invocation {
+        package_url: url,
+        package_sha256: sha.clone(),
+        script: prepared.spec.script.clone(),
+        args: prepared.spec.args.clone(),
+    };
+    let resources = &prepared.spec.resources;
+    let env = job_environment(
+        &prepared.spec,
+        &invocation,
+        [
+            ("MFBATCH_LOCAL_JOB_ID".to_owned(), job_id.clone()),
+            ("MFBATCH_CPU".to_owned(), resources.vcpu.to_string()),
+            ("MFBATCH_MEMORY_MIB".to_owned(), resources.memory.get().to_string()),
+        ],
+    );
+    // One pipe for both streams, as in CloudWatch: the lines keep their order.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 2>&1; {}", bootstrap::STUB))
+        .env(bootstrap::BOOTSTRAP_ENV, bootstrap::BOOTSTRAP_PY)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(LocalError::Spawn)?;
+    events(Event::Submitted {
+        job_id: job_id.clone(),
+        job_name: job_name.clone(),
+        queue: "local".into(),
+    });
+    let started = Instant::now();
+    events(Event::Status {
+        job_id: job_id.clone(),
+        job_name: job_name.clone(),
+        status: JobStatus::Running,
+        previous: None,
+        previous_ms: None,
+        reason: None,
+    });
+
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut line = Vec::new();
+    let mut stopping = false;
+    loop {
+        line.clear();
+        tokio::select! {
+            read = lines.read_until(b'\n', &mut line) => {
+                let n = read.map_err(LocalError::Output)?;
+                if n == 0 {
+                    break;
+                }
+                if line.ends_with(b"\n") {
+                    line.pop();
+                }
+                events(Event::Log {
+                    job_id: job_id.clone(),
+                    job_name: job_name.clone(),
+                    attempt: 1,
+                    timestamp_ms: now_ms(),
+                    message: String::from_utf8_lossy(&line).into_owned(),
+                });
+            }
+            changed = stop.changed(), if !stopping => {
+                if changed.is_err() || *stop.borrow() {
+                    stopping = true;
+                    terminate(&child);
+                }
+            }
+        }
+    }
+    let status = child.wait().await.map_err(LocalError::Output)?;
+    let exit_code = status.code().or_else(|| signal_code(&status)).unwrap_or(1);
+    let final_status = if exit_code == 0 { JobStatus::Succeeded } else { JobStatus::Failed };
+    events(Event::Status {
+        job_id: job_id.clone(),
+        job_name: job_name.clone(),
+        status: final_status,
+        previous: Some(JobStatus::Running),
+        previous_ms: Some(started.elapsed().as_millis() as u64),
+        reason: None,
+    });
+    // Explain the exit the same way as for Batch jobs.
+    let snapshot = JobSnapshot {
+        job_id: job_id.clone(),
+        job_name,
+        status: final_status,
+        status_reason: stopping.then(|| "stopped by the user with mfbatch".to_owned()),
+        queue: "local".into(),
+        log_group: String::new(),
+        attempts: vec![crate::track::snapshot::AttemptSnapshot {
+            exit_code: Some(exit_code),
+            ..Default::default()
+        }],
+        container: Default::default(),
+        vcpus: None,
+        memory_mib: None,
+    };
+    let outcome = snapshot.outcome();
+    events(Event::Exited(outcome.clone()));
+    Ok(outcome)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// Asks the bootstrap to stop; it forwards SIGTERM to the step, as ECS does to a container.
+fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn signal_code(status: &std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().map(|s| 128 + s)
+}
