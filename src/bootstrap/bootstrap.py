@@ -261,8 +261,9 @@ def main():
         return e.code
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    log("package %s ready in %.1f s, running %s" % (
-        os.environ["MFBATCH_PACKAGE_SHA256"].strip()[:12], time.monotonic() - t0, script))
+    if os.environ.get("MFBATCH_BOOTSTRAP_VERBOSE"):  # the job's output is the step's alone
+        log("package %s ready in %.1f s, running %s" % (
+            os.environ["MFBATCH_PACKAGE_SHA256"].strip()[:12], time.monotonic() - t0, script))
     try:
         _child.append(subprocess.Popen([sys.executable, "-u", script] + args, cwd=root, env=env))
         for s in _held[1:]:

@@ -196,6 +196,12 @@ class Base(unittest.TestCase):
             self.assertIn(needle, last[-1])
         self.assertEqual(os.listdir(self.parent), [], "work dir not cleaned up")
 
+    def test_quiet_by_default(self):
+        """Without MFBATCH_BOOTSTRAP_VERBOSE the job's output is the step's alone."""
+        p = self.run_bootstrap(self.env(self.simple()))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stderr, "")
+
     def simple(self, **files):
         return make_package(dict({"step.py": STEP, "helper.py": HELPER}, **files))
 
@@ -264,7 +270,8 @@ class EndToEndTest(Base):
     def test_full_run_signed(self):
         data = self.simple()
         env = self.env(data, args=["--flag", "a b", "ü"], STEP_NAME="start",
-                       AWS_SESSION_TOKEN="sess-tok", PYTHONPATH="/nonexistent-extra")
+                       AWS_SESSION_TOKEN="sess-tok", PYTHONPATH="/nonexistent-extra",
+                       MFBATCH_BOOTSTRAP_VERBOSE="1")
         p = self.run_bootstrap(env)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(p.stdout, "args=['--flag', 'a b', 'ü']\ngreeting=hello start\n"
