@@ -1,0 +1,258 @@
+//! The fake's CloudWatch Logs: groups of streams of `(timestamp_ms, message)` events, read with
+//! GetLogEvents' token protocol (JSON 1.1, `POST /` with `x-amz-target: Logs_20140328.<op>`).
+//!
+//! Tokens: `f/<56 digits>` reads forward from a position, `b/<56 digits>` backward. At the end of
+//! the data GetLogEvents answers the SAME `nextForwardToken` it was sent, as CloudWatch does; an
+//! injected empty page answers a different token for the same position.
+
+use serde_json::{json, Value};
+use wiremock::{Request, ResponseTemplate};
+
+use super::{now_ms, State};
+
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+#[derive(Debug, Default)]
+pub(super) struct LogStream {
+    pub(super) events: Vec<(i64, String)>,
+    pub(super) pending: Vec<Pending>,
+    /// GetLogEvents calls served so far.
+    reads: usize,
+    /// GetLogEvents calls still to answer "does not exist".
+    pub(super) missing_reads: usize,
+    created: i64,
+}
+
+/// Lines held back until their release.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) release: Release,
+    pub(super) lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Release {
+    /// Once this job has ended.
+    JobDone(String),
+    /// Once the stream has been read this many times.
+    AfterReads(usize),
+}
+
+/// The operation a Logs request calls, and its body.
+pub(super) fn operation(req: &Request) -> (String, Value) {
+    let target = req
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let op = target.strip_prefix("Logs_20140328.").unwrap_or(target);
+    (op.to_owned(), serde_json::from_slice(&req.body).unwrap_or(Value::Null))
+}
+
+/// A Logs error: HTTP status and `{"__type": code, "message": ...}`.
+pub(super) fn error(status: u16, code: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(
+        serde_json::to_vec(&json!({"__type": code, "message": message})).expect("serializes"),
+        CONTENT_TYPE,
+    )
+}
+
+fn ok(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(serde_json::to_vec(&body).expect("serializes"), CONTENT_TYPE)
+}
+
+fn not_found(what: &str) -> ResponseTemplate {
+    error(400, "ResourceNotFoundException", &format!("The specified {what} does not exist."))
+}
+
+fn invalid(message: &str) -> ResponseTemplate {
+    error(400, "InvalidParameterException", message)
+}
+
+fn token(direction: char, salt: u64, position: usize) -> String {
+    format!("{direction}/{salt:016}{position:040}")
+}
+
+fn parse_token(token: &str) -> Option<(char, u64, usize)> {
+    let (direction, digits) = token.split_once('/')?;
+    let direction = match direction {
+        "f" => 'f',
+        "b" => 'b',
+        _ => return None,
+    };
+    if digits.len() != 56 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((direction, digits[..16].parse().ok()?, digits[16..].parse().ok()?))
+}
+
+impl State {
+    pub(super) fn stream_mut(&mut self, group: &str, stream: &str) -> &mut LogStream {
+        self.log_groups
+            .entry(group.to_owned())
+            .or_default()
+            .entry(stream.to_owned())
+            .or_insert_with(|| LogStream {
+                created: now_ms(),
+                ..Default::default()
+            })
+    }
+
+    /// Makes pending lines whose release matches visible, timestamped now.
+    pub(super) fn release(&mut self, group: &str, stream: &str, matches: impl Fn(&Release) -> bool) {
+        let Some(s) = self.log_groups.get_mut(group).and_then(|g| g.get_mut(stream)) else {
+            return;
+        };
+        let (due, kept): (Vec<Pending>, Vec<Pending>) = s.pending.drain(..).partition(|p| matches(&p.release));
+        s.pending = kept;
+        let lines: Vec<String> = due.into_iter().flat_map(|p| p.lines).collect();
+        let events: Vec<(i64, String)> = lines.into_iter().map(|l| (self.next_log_ms(), l)).collect();
+        self.stream_mut(group, stream).events.extend(events);
+    }
+
+    pub(super) fn logs(&mut self, op: &str, body: &Value) -> ResponseTemplate {
+        match op {
+            "GetLogEvents" => self.get_log_events(body),
+            "DescribeLogStreams" => self.describe_log_streams(body),
+            other => error(400, "UnknownOperationException", &format!("the fake does not implement {other}")),
+        }
+    }
+
+    fn get_log_events(&mut self, body: &Value) -> ResponseTemplate {
+        let group = body["logGroupName"]
+            .as_str()
+            .or_else(|| body["logGroupIdentifier"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let name = body["logStreamName"].as_str().unwrap_or_default().to_owned();
+        let limit = match body["limit"].as_i64() {
+            None => 10_000,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => return invalid("limit must be between 1 and 10000"),
+        }
+        .min(self.log_page_size);
+        let sent_token = body["nextToken"].as_str().map(str::to_owned);
+        let parsed = match &sent_token {
+            Some(t) => match parse_token(t) {
+                Some(p) => Some(p),
+                None => return invalid("The specified nextToken is invalid."),
+            },
+            None => None,
+        };
+        let start_from_head = body["startFromHead"].as_bool().unwrap_or(false);
+        let (start_time, end_time) = (body["startTime"].as_i64(), body["endTime"].as_i64());
+
+        match self.log_groups.get_mut(&group).and_then(|g| g.get_mut(&name)) {
+            None => return not_found("log stream"),
+            Some(s) if s.missing_reads > 0 => {
+                s.missing_reads -= 1;
+                return not_found("log stream");
+            }
+            Some(_) => {}
+        }
+        let reads = self.log_groups[&group][&name].reads;
+        self.release(&group, &name, |r| matches!(r, Release::AfterReads(n) if reads >= *n));
+        let empty_every = self.empty_log_page_every;
+        let stream = self.stream_mut(&group, &name);
+        stream.reads += 1;
+        let events: Vec<&(i64, String)> = stream
+            .events
+            .iter()
+            .filter(|(t, _)| start_time.is_none_or(|s| *t >= s) && end_time.is_none_or(|e| *t < e))
+            .collect();
+        let len = events.len();
+
+        let (direction, salt, position) = match parsed {
+            Some(p) => p,
+            None if start_from_head => ('f', 0, 0),
+            // No token, not from the head: the newest page.
+            None => ('b', 0, len),
+        };
+        let position = position.min(len);
+        let (from, to) = match direction {
+            'f' => (position, (position + limit).min(len)),
+            _ => (position.saturating_sub(limit), position),
+        };
+        let page: Vec<Value> = events[from..to]
+            .iter()
+            .map(|(t, m)| json!({"timestamp": t, "message": m, "ingestionTime": t}))
+            .collect();
+        let had_data = !page.is_empty();
+        let forward_read = direction == 'f' && parsed.is_some();
+        if forward_read && had_data && empty_every > 0 {
+            self.forward_data_reads += 1;
+            if self.forward_data_reads % empty_every == 0 {
+                // An empty page although data remains: a new token for the same position.
+                return ok(json!({
+                    "events": [],
+                    "nextForwardToken": token('f', salt + 1, position),
+                    "nextBackwardToken": token('b', salt + 1, position),
+                }));
+            }
+        }
+        let (next_forward, next_backward) = match direction {
+            'f' if !had_data => (
+                sent_token.clone().unwrap_or_else(|| token('f', salt, position)),
+                token('b', salt, position),
+            ),
+            'f' => (token('f', 0, to), token('b', 0, from)),
+            _ if !had_data => (
+                token('f', salt, position),
+                sent_token.clone().unwrap_or_else(|| token('b', salt, position)),
+            ),
+            _ => (token('f', 0, to), token('b', 0, from)),
+        };
+        ok(json!({
+            "events": page,
+            "nextForwardToken": next_forward,
+            "nextBackwardToken": next_backward,
+        }))
+    }
+
+    fn describe_log_streams(&self, body: &Value) -> ResponseTemplate {
+        let group = body["logGroupName"]
+            .as_str()
+            .or_else(|| body["logGroupIdentifier"].as_str())
+            .unwrap_or_default();
+        let Some(streams) = self.log_groups.get(group) else {
+            return not_found("log group");
+        };
+        let prefix = body["logStreamNamePrefix"].as_str().unwrap_or_default();
+        let limit = body["limit"].as_u64().unwrap_or(50).clamp(1, 50) as usize;
+        let start: usize = body["nextToken"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let mut matching: Vec<(&String, &LogStream)> = streams
+            .iter()
+            .filter(|(name, s)| name.starts_with(prefix) && s.missing_reads == 0)
+            .collect();
+        if body["orderBy"] == "LastEventTime" {
+            matching.sort_by_key(|(_, s)| s.events.last().map(|e| e.0).unwrap_or(s.created));
+        }
+        if body["descending"].as_bool().unwrap_or(false) {
+            matching.reverse();
+        }
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(name, s)| {
+                let mut v = json!({
+                    "logStreamName": name,
+                    "creationTime": s.created,
+                    "arn": format!("arn:aws:logs:us-east-1:123456789012:log-group:{group}:log-stream:{name}"),
+                    "storedBytes": 0,
+                });
+                if let (Some(first), Some(last)) = (s.events.first(), s.events.last()) {
+                    v["firstEventTimestamp"] = json!(first.0);
+                    v["lastEventTimestamp"] = json!(last.0);
+                    v["lastIngestionTime"] = json!(last.0);
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({ "logStreams": page });
+        if start + limit < matching.len() {
+            out["nextToken"] = json!((start + limit).to_string());
+        }
+        ok(out)
+    }
+}

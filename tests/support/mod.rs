@@ -1,0 +1,35 @@
+//! Shared by every integration test: the stateful fake AWS ([`fake_aws`]), a runner for the
+//! `mfbatch` binary as a user runs it ([`cli`]), and file-tree helpers.
+// Each test crate uses a different part of this module.
+#![allow(dead_code, unused_imports)]
+
+pub mod cli;
+pub mod fake_aws;
+
+use std::path::{Path, PathBuf};
+
+pub use fake_aws::*;
+
+/// Writes `contents` at `root/rel`, creating parent directories; returns the path.
+pub fn write_file(root: &Path, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parent directories");
+    }
+    std::fs::write(&path, contents).expect("write file");
+    path
+}
+
+/// Lowercase hex SHA-256, computed independently of the code under test.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` bytes that gzip cannot shrink, the same for the same seed.
+pub fn incompressible(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = vec![0u8; n];
+    rng.fill(&mut out);
+    out
+}

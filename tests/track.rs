@@ -1,0 +1,255 @@
+//! The follow path at the wire: the shared poller and the log followers against the fake AWS —
+//! every line exactly once and in order (through empty pages, repeated end tokens, throttling,
+//! server errors, late streams, lines after the end, retries), outcomes explained, and many jobs
+//! batched into few DescribeJobs calls.
+
+mod support;
+
+use std::time::Duration;
+
+use mfbatch::event::{Event, FailureKind, JobStatus};
+use mfbatch::track::{FollowRequest, Tracker, TrackerConfig};
+use support::{AttemptEnd, FakeAws, Timeline};
+
+/// Fast intervals so tests take milliseconds, and budgets that do not get in the way.
+fn fast_config() -> TrackerConfig {
+    TrackerConfig {
+        batch_calls_per_second: 2000.0,
+        logs_calls_per_second: 2000.0,
+        poll_min: Duration::from_millis(5),
+        poll_max: Duration::from_millis(40),
+        log_min_interval: Duration::from_millis(2),
+        log_max_interval: Duration::from_millis(20),
+        drain_quiet: Duration::from_millis(150),
+        drain_max: Duration::from_secs(10),
+        not_found_grace: Duration::from_secs(5),
+        runnable_warning: Duration::from_secs(3600),
+        runnable_timeout: None,
+    }
+}
+
+/// Registers a definition and submits one job per timeline, returning the ids.
+async fn submit(fake: &FakeAws, timelines: Vec<Timeline>) -> Vec<String> {
+    let clients = fake.clients();
+    let def = clients
+        .batch
+        .register_job_definition()
+        .job_definition_name("mfbatch-test")
+        .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
+        .container_properties(aws_sdk_batch::types::ContainerProperties::builder().image("python:3.11").build())
+        .send()
+        .await
+        .expect("register");
+    let mut ids = Vec::new();
+    for timeline in timelines {
+        fake.script_next_job(timeline);
+        let out = clients
+            .batch
+            .submit_job()
+            .job_name(format!("job{}", ids.len()))
+            .job_queue("test-queue")
+            .job_definition(def.job_definition_arn().unwrap())
+            .send()
+            .await
+            .expect("submit");
+        ids.push(out.job_id().unwrap().to_owned());
+    }
+    ids
+}
+
+/// Follows one job to the end, collecting its log messages and status sequence.
+async fn follow_one(fake: &FakeAws, id: &str) -> (Vec<String>, Vec<JobStatus>, mfbatch::event::Outcome, Vec<usize>) {
+    let tracker = Tracker::new(&fake.clients(), fast_config());
+    let mut handle = tracker.follow(FollowRequest::new(id));
+    let (mut lines, mut statuses, mut attempts) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
+        .await
+        .expect("events keep coming")
+    {
+        match event {
+            Event::Log { message, attempt, .. } => {
+                lines.push(message);
+                attempts.push(attempt);
+            }
+            Event::Status { status, .. } => statuses.push(status),
+            Event::Exited(_) => break,
+            _ => {}
+        }
+    }
+    let outcome = handle.wait().await.expect("followed to the end");
+    (lines, statuses, outcome, attempts)
+}
+
+fn numbered(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} line {i:05} ✓")).collect()
+}
+
+fn refs(lines: &[String]) -> Vec<&str> {
+    lines.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn twenty_thousand_lines_arrive_exactly_once_in_order() {
+    let fake = FakeAws::start().await;
+    fake.set_log_page_size(997);
+    fake.set_empty_log_page_every(3);
+    let early = numbered(15_000, "early");
+    let late = numbered(5_000, "late");
+    let timeline = Timeline::new()
+        .status(JobStatus::Runnable, 2)
+        .running(4)
+        .logs(&refs(&early))
+        .logs_when_done(&refs(&late))
+        .succeeded();
+    let ids = submit(&fake, vec![timeline]).await;
+    let (lines, statuses, outcome, _) = follow_one(&fake, &ids[0]).await;
+    let expected: Vec<String> = early.into_iter().chain(late).collect();
+    assert_eq!(lines.len(), expected.len());
+    assert!(lines == expected, "lines differ from what the job wrote");
+    assert_eq!(statuses.last(), Some(&JobStatus::Succeeded));
+    assert!(outcome.succeeded());
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_lose_and_repeat_nothing() {
+    let fake = FakeAws::start_with_seed(11).await;
+    fake.set_log_page_size(500);
+    fake.set_empty_log_page_every(4);
+    fake.set_random_faults(0.30, 0.05, &["GetLogEvents", "DescribeJobs"]);
+    let expected = numbered(20_000, "x");
+    let timeline = Timeline::new().running(6).logs(&refs(&expected)).succeeded();
+    let ids = submit(&fake, vec![timeline]).await;
+    let (lines, _, outcome, _) = follow_one(&fake, &ids[0]).await;
+    assert_eq!(lines.len(), expected.len());
+    assert!(lines == expected, "lines differ under faults");
+    assert!(outcome.succeeded());
+    // The faults really happened: more GetLogEvents calls than the 40 pages of data need.
+    assert!(fake.calls("GetLogEvents") > 45, "calls: {}", fake.calls("GetLogEvents"));
+}
+
+#[tokio::test]
+async fn a_stream_that_appears_late_and_lines_after_the_end_are_read() {
+    let fake = FakeAws::start().await;
+    let timeline = Timeline::new()
+        .running(3)
+        .stream_missing_for(4)
+        .logs(&["first", "second"])
+        .logs_when_done(&["written just before exit"])
+        .succeeded()
+        .hidden_for(2);
+    let ids = submit(&fake, vec![timeline]).await;
+    let (lines, _, outcome, _) = follow_one(&fake, &ids[0]).await;
+    assert_eq!(lines, ["first", "second", "written just before exit"]);
+    assert!(outcome.succeeded());
+}
+
+#[tokio::test]
+async fn every_attempt_has_its_stream_followed() {
+    let fake = FakeAws::start().await;
+    let timeline = Timeline::new()
+        .running(2)
+        .logs(&["attempt one"])
+        .attempt_failed(AttemptEnd::exit(137).status_reason("Host EC2 (instance i-0abc) terminated."))
+        .status(JobStatus::Runnable, 1)
+        .running(2)
+        .logs(&["attempt two"])
+        .exit(0);
+    let ids = submit(&fake, vec![timeline]).await;
+    let (lines, _, outcome, attempts) = follow_one(&fake, &ids[0]).await;
+    assert_eq!(lines, ["attempt one", "attempt two"]);
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(outcome.attempts, 2);
+    assert!(outcome.succeeded());
+}
+
+#[tokio::test]
+async fn failures_are_explained() {
+    let fake = FakeAws::start().await;
+    let timelines = vec![
+        Timeline::new().running(1).logs(&["boom"]).exit(3),
+        Timeline::new()
+            .running(1)
+            .failed(AttemptEnd::reason("OutOfMemoryError: Container killed due to memory usage")),
+        Timeline::new()
+            .running(1)
+            .failed(AttemptEnd::exit(1).status_reason("Host EC2 (instance i-123) terminated.")),
+        Timeline::new().running(1).exit(121),
+        Timeline::new().failed_without_attempt("CannotPullContainerError: pull access denied for nope"),
+    ];
+    let ids = submit(&fake, timelines).await;
+    let expected = [
+        (Some(3), FailureKind::ExitCode),
+        (None, FailureKind::OutOfMemory),
+        (Some(1), FailureKind::SpotReclaimed),
+        (Some(121), FailureKind::Bootstrap),
+        (None, FailureKind::ImagePull),
+    ];
+    for (id, (code, kind)) in ids.iter().zip(expected) {
+        let (_, statuses, outcome, _) = follow_one(&fake, id).await;
+        assert_eq!(statuses.last(), Some(&JobStatus::Failed));
+        assert_eq!(outcome.exit_code, code, "{outcome:?}");
+        assert_eq!(outcome.failure, Some(kind.clone()), "{outcome:?}");
+        assert!(outcome.summary.is_some());
+    }
+}
+
+#[tokio::test]
+async fn many_jobs_share_batched_describe_calls() {
+    let fake = FakeAws::start().await;
+    let jobs = 250;
+    let timelines = (0..jobs)
+        .map(|i| Timeline::each_status_for(2).running(1).logs(&[&format!("job {i}")]).succeeded())
+        .collect();
+    let ids = submit(&fake, timelines).await;
+    let tracker = Tracker::new(&fake.clients(), fast_config());
+    let handles: Vec<_> = ids.iter().map(|id| tracker.follow(FollowRequest::new(id.clone()))).collect();
+    for handle in handles {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
+            .await
+            .expect("in time")
+            .expect("followed");
+        assert!(outcome.succeeded());
+    }
+    let describes = fake.requests("DescribeJobs");
+    let sizes: Vec<usize> = describes.iter().map(|b| b["jobs"].as_array().map_or(0, Vec::len)).collect();
+    assert!(sizes.iter().all(|&n| n <= 100), "a call carried more than 100 ids");
+    assert_eq!(sizes.iter().copied().max(), Some(100), "no call was filled: {sizes:?}");
+    // Each job needs about 9 polls to pass its 9 describes; one call per job per poll would be
+    // over 2,000 calls.
+    assert!(describes.len() < 250, "{} DescribeJobs calls for {jobs} jobs", describes.len());
+}
+
+#[tokio::test]
+async fn stopping_a_job_terminates_it_with_the_reason() {
+    let fake = FakeAws::start().await;
+    let ids = submit(&fake, vec![Timeline::new().running(100_000).succeeded()]).await;
+    let tracker = Tracker::new(&fake.clients(), fast_config());
+    let handle = tracker.follow(FollowRequest::new(ids[0].clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracker
+        .stop(&ids[0], Some(JobStatus::Running), "stopped by the test")
+        .await
+        .expect("stop");
+    let outcome = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+        .await
+        .expect("ends after stop")
+        .expect("followed");
+    assert_eq!(outcome.status, JobStatus::Failed);
+    let terminate = fake.requests("TerminateJob");
+    assert_eq!(terminate.len(), 1);
+    assert_eq!(terminate[0]["jobId"], ids[0].as_str());
+    assert_eq!(terminate[0]["reason"], "stopped by the test");
+    assert_eq!(fake.calls("CancelJob"), 0, "a running job is terminated, not cancelled");
+}
+
+#[tokio::test]
+async fn an_unknown_job_is_an_error_after_the_grace_period() {
+    let fake = FakeAws::start().await;
+    let config = TrackerConfig {
+        not_found_grace: Duration::from_millis(100),
+        ..fast_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let result = tracker.follow(FollowRequest::new("no-such-job")).wait().await;
+    assert!(matches!(result, Err(mfbatch::track::TrackError::NotFound { .. })), "{result:?}");
+}
