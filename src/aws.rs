@@ -33,15 +33,19 @@ impl Clients {
     /// Loads the standard chain (environment, `~/.aws/config`, SSO, instance roles), including
     /// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>`.
     pub async fn from_environment(options: &ClientOptions) -> Result<Self, ConfigError> {
-        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
-            let mut builder = aws_smithy_http_client::Connector::builder()
-                .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
-            builder.set_connector_settings(settings.cloned());
-            if let Some(components) = components {
-                builder.set_sleep_impl(components.sleep_impl());
-            }
-            builder.tls_provider(Provider::Rustls(CryptoMode::Ring)).build()
-        });
+        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            |settings, components| {
+                let mut builder = aws_smithy_http_client::Connector::builder()
+                    .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
+                builder.set_connector_settings(settings.cloned());
+                if let Some(components) = components {
+                    builder.set_sleep_impl(components.sleep_impl());
+                }
+                builder
+                    .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                    .build()
+            },
+        );
         let retry = RetryConfig::standard().with_max_attempts(options.max_attempts.unwrap_or(5));
         let config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
@@ -61,25 +65,40 @@ impl Clients {
 
     /// Builds the clients from a ready configuration (tests, embedders with their own setup).
     /// A configuration with an endpoint URL gets path-style S3 addressing.
-    pub fn from_sdk_config(config: &SdkConfig, options: &ClientOptions) -> Result<Self, ConfigError> {
+    pub fn from_sdk_config(
+        config: &SdkConfig,
+        options: &ClientOptions,
+    ) -> Result<Self, ConfigError> {
         Self::build(config, options, config.endpoint_url().is_some())
     }
 
-    fn build(config: &SdkConfig, options: &ClientOptions, path_style: bool) -> Result<Self, ConfigError> {
+    fn build(
+        config: &SdkConfig,
+        options: &ClientOptions,
+        path_style: bool,
+    ) -> Result<Self, ConfigError> {
         let region = config.region().ok_or(ConfigError::NoRegion)?.to_string();
         let mut s3 = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(path_style || options.s3_endpoint_url.is_some())
             // Only send checksums S3 requires: S3-compatible stores (and emulators) often reject the
             // streaming trailers the SDK adds by default; the bootstrap verifies the SHA-256 anyway.
-            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
         if let Some(endpoint) = &options.s3_endpoint_url {
             s3 = s3.endpoint_url(endpoint);
         }
         let mut batch = aws_sdk_batch::config::Builder::from(config);
         let mut logs = aws_sdk_cloudwatchlogs::config::Builder::from(config);
         if let Some(n) = options.max_attempts {
-            let retry = config.retry_config().cloned().unwrap_or_else(RetryConfig::standard).with_max_attempts(n);
+            let retry = config
+                .retry_config()
+                .cloned()
+                .unwrap_or_else(RetryConfig::standard)
+                .with_max_attempts(n);
             batch = batch.retry_config(retry.clone());
             logs = logs.retry_config(retry.clone());
             s3 = s3.retry_config(retry);

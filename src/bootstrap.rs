@@ -47,7 +47,10 @@ impl Invocation {
     pub fn environment(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("MFBATCH_PACKAGE_URL".to_owned(), self.package_url.clone()),
-            ("MFBATCH_PACKAGE_SHA256".to_owned(), self.package_sha256.clone()),
+            (
+                "MFBATCH_PACKAGE_SHA256".to_owned(),
+                self.package_sha256.clone(),
+            ),
             ("MFBATCH_SCRIPT".to_owned(), self.script.clone()),
         ];
         if !self.args.is_empty() {

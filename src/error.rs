@@ -157,7 +157,11 @@ impl AwsError {
         err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
     ) -> Self
     where
-        E: std::error::Error + Send + Sync + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
+        E: std::error::Error
+            + Send
+            + Sync
+            + aws_smithy_types::error::metadata::ProvideErrorMetadata
+            + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         use aws_smithy_runtime_api::client::result::SdkError;
@@ -167,7 +171,10 @@ impl AwsError {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 // The SDK reports a failed credential lookup as a dispatch failure with no code;
                 // only its description tells it apart from a network failure.
-                if format!("{err:?}").to_ascii_lowercase().contains("credentials") {
+                if format!("{err:?}")
+                    .to_ascii_lowercase()
+                    .contains("credentials")
+                {
                     AwsErrorKind::Credentials
                 } else {
                     AwsErrorKind::Unreachable
@@ -224,15 +231,24 @@ fn iam_prefix(service: Service) -> &'static str {
 fn classify_code(code: Option<&str>) -> AwsErrorKind {
     match code {
         Some(
-            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation"
-            | "UnrecognizedClientException" | "InvalidSignatureException" | "SignatureDoesNotMatch"
-            | "ExpiredToken" | "ExpiredTokenException" | "InvalidAccessKeyId",
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidAccessKeyId",
         ) => AwsErrorKind::AccessDenied,
         Some("ResourceNotFoundException" | "NoSuchBucket" | "NoSuchKey" | "NotFound") => {
             AwsErrorKind::NotFound
         }
         Some(
-            "TooManyRequestsException" | "ThrottlingException" | "Throttling" | "SlowDown"
+            "TooManyRequestsException"
+            | "ThrottlingException"
+            | "Throttling"
+            | "SlowDown"
             | "RequestLimitExceeded",
         ) => AwsErrorKind::Throttled,
         Some("ClientException" | "InvalidParameterException" | "ValidationException") => {

@@ -84,7 +84,8 @@ pub fn resolve_image(
                 return Err(ConfigError::InvalidFlag {
                     flag: "--image",
                     value: image.to_owned(),
-                    reason: "an image reference has no spaces, e.g. python:3.11 or org/img:tag".into(),
+                    reason: "an image reference has no spaces, e.g. python:3.11 or org/img:tag"
+                        .into(),
                 });
             }
             image.to_owned()
@@ -94,7 +95,9 @@ pub fn resolve_image(
             format!("python:{version}")
         }
     };
-    let registry = registry.map(|r| r.trim().trim_end_matches('/')).filter(|r| !r.is_empty());
+    let registry = registry
+        .map(|r| r.trim().trim_end_matches('/'))
+        .filter(|r| !r.is_empty());
     Ok(match registry {
         Some(registry) if !names_registry(&image) => ImageRef(format!("{registry}/{image}")),
         _ => ImageRef(image),
@@ -106,27 +109,51 @@ mod tests {
     use super::*;
 
     fn py311() -> Result<PythonVersion, String> {
-        Ok(PythonVersion { major: 3, minor: 11 })
+        Ok(PythonVersion {
+            major: 3,
+            minor: 11,
+        })
     }
 
     #[test]
     fn registry_rule_table() {
         let registry = Some("registry.example.com/team/");
         let ecr = "123456789012.dkr.ecr.us-east-1.amazonaws.com/r:t";
-        let digest = "ghcr.io/o/i@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let digest =
+            "ghcr.io/o/i@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let cases: [(Option<&str>, Option<&str>, String); 8] = [
             (None, None, "python:3.11".into()),
-            (None, registry, "registry.example.com/team/python:3.11".into()),
-            (Some("python:3.11"), registry, "registry.example.com/team/python:3.11".into()),
-            (Some("org/img:1"), registry, "registry.example.com/team/org/img:1".into()),
-            (Some("localhost:5000/x"), registry, "localhost:5000/x".into()),
+            (
+                None,
+                registry,
+                "registry.example.com/team/python:3.11".into(),
+            ),
+            (
+                Some("python:3.11"),
+                registry,
+                "registry.example.com/team/python:3.11".into(),
+            ),
+            (
+                Some("org/img:1"),
+                registry,
+                "registry.example.com/team/org/img:1".into(),
+            ),
+            (
+                Some("localhost:5000/x"),
+                registry,
+                "localhost:5000/x".into(),
+            ),
             (Some(ecr), registry, ecr.into()),
             (Some(digest), registry, digest.into()),
             (Some("org/img:1"), None, "org/img:1".into()),
         ];
         for (explicit, registry, want) in cases {
             let got = resolve_image(explicit, registry, py311).unwrap();
-            assert_eq!(got.as_str(), want, "image {explicit:?} registry {registry:?}");
+            assert_eq!(
+                got.as_str(),
+                want,
+                "image {explicit:?} registry {registry:?}"
+            );
         }
     }
 
@@ -141,7 +168,13 @@ mod tests {
 
     #[test]
     fn python_versions() {
-        assert_eq!(PythonVersion::parse("3.12\n"), Some(PythonVersion { major: 3, minor: 12 }));
+        assert_eq!(
+            PythonVersion::parse("3.12\n"),
+            Some(PythonVersion {
+                major: 3,
+                minor: 12
+            })
+        );
         assert_eq!(PythonVersion::parse("3"), None);
         assert_eq!(PythonVersion::parse("x.y"), None);
     }

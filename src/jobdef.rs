@@ -86,8 +86,14 @@ impl JobDefinition {
                 }],
                 // Valid on EC2 and Fargate alike; every job overrides them.
                 resource_requirements: vec![
-                    Requirement { kind: "VCPU", value: "1".into() },
-                    Requirement { kind: "MEMORY", value: "2048".into() },
+                    Requirement {
+                        kind: "VCPU",
+                        value: "1".into(),
+                    },
+                    Requirement {
+                        kind: "MEMORY",
+                        value: "2048".into(),
+                    },
                 ],
                 network_configuration: fargate.then_some(NetworkConfiguration {
                     assign_public_ip: "ENABLED",
@@ -112,7 +118,9 @@ impl JobDefinition {
 
     /// The serialized size, checked against Batch's 24 KiB limit.
     pub fn json_len(&self) -> usize {
-        serde_json::to_string(self).expect("definition serializes").len()
+        serde_json::to_string(self)
+            .expect("definition serializes")
+            .len()
     }
 }
 
@@ -127,7 +135,10 @@ pub struct Registered {
 }
 
 /// Finds the newest ACTIVE revision of the definition's name.
-pub async fn find(client: &aws_sdk_batch::Client, name: &str) -> Result<Option<Registered>, AwsError> {
+pub async fn find(
+    client: &aws_sdk_batch::Client,
+    name: &str,
+) -> Result<Option<Registered>, AwsError> {
     let out = client
         .describe_job_definitions()
         .job_definition_name(name)
@@ -155,14 +166,20 @@ pub async fn find(client: &aws_sdk_batch::Client, name: &str) -> Result<Option<R
 /// Two processes registering the same content at once just create two identical revisions, and
 /// the job is submitted with the ARN that RegisterJobDefinition returned, so neither a concurrent
 /// registration nor a definition not yet visible to DescribeJobDefinitions can break a run.
-pub async fn ensure(client: &aws_sdk_batch::Client, def: &JobDefinition) -> Result<Registered, AwsError> {
+pub async fn ensure(
+    client: &aws_sdk_batch::Client,
+    def: &JobDefinition,
+) -> Result<Registered, AwsError> {
     if let Some(found) = find(client, &def.job_definition_name).await? {
         return Ok(found);
     }
     register(client, def).await
 }
 
-async fn register(client: &aws_sdk_batch::Client, def: &JobDefinition) -> Result<Registered, AwsError> {
+async fn register(
+    client: &aws_sdk_batch::Client,
+    def: &JobDefinition,
+) -> Result<Registered, AwsError> {
     use aws_sdk_batch::types::{
         AssignPublicIp, ContainerProperties as Props, JobDefinitionType, KeyValuePair,
         NetworkConfiguration as Net, PlatformCapability, ResourceRequirement, ResourceType,
@@ -174,7 +191,12 @@ async fn register(client: &aws_sdk_batch::Client, def: &JobDefinition) -> Result
         .set_execution_role_arn(p.execution_role_arn.clone())
         .set_command(Some(p.command.clone()));
     for kv in &p.environment {
-        props = props.environment(KeyValuePair::builder().name(&kv.name).value(&kv.value).build());
+        props = props.environment(
+            KeyValuePair::builder()
+                .name(&kv.name)
+                .value(&kv.value)
+                .build(),
+        );
     }
     for r in &p.resource_requirements {
         props = props.resource_requirements(
@@ -206,7 +228,10 @@ async fn register(client: &aws_sdk_batch::Client, def: &JobDefinition) -> Result
         .await
         .map_err(|e| AwsError::from_sdk(Service::Batch, "RegisterJobDefinition", e))?;
     Ok(Registered {
-        name: out.job_definition_name().unwrap_or(&def.job_definition_name).to_owned(),
+        name: out
+            .job_definition_name()
+            .unwrap_or(&def.job_definition_name)
+            .to_owned(),
         arn: out.job_definition_arn().unwrap_or_default().to_owned(),
         revision: out.revision().unwrap_or(0),
         newly_registered: true,

@@ -60,7 +60,9 @@ impl LaunchError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            LaunchError::Config(_) | LaunchError::QueueNotFound { .. } | LaunchError::QueueDisabled { .. }
+            LaunchError::Config(_)
+                | LaunchError::QueueNotFound { .. }
+                | LaunchError::QueueDisabled { .. }
         )
     }
 }
@@ -182,7 +184,13 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         .as_ref()
         .map(|e| e.arn.clone())
         .unwrap_or_else(|| definition.job_definition_name.clone());
-    let submit_job = submit_request(prepared, target, &package_url, clients.region(), definition_ref);
+    let submit_job = submit_request(
+        prepared,
+        target,
+        &package_url,
+        clients.region(),
+        definition_ref,
+    );
     submit_job.check_limits()?;
     Ok(Plan {
         queue,
@@ -237,7 +245,9 @@ pub async fn execute(
     let register = async {
         match &plan.existing_definition {
             Some(existing) => Ok(existing.clone()),
-            None => Ok::<_, LaunchError>(jobdef::ensure(&clients.batch, &plan.job_definition).await?),
+            None => {
+                Ok::<_, LaunchError>(jobdef::ensure(&clients.batch, &plan.job_definition).await?)
+            }
         }
     };
     let (uploaded, registered) = tokio::join!(upload, register);
@@ -294,8 +304,14 @@ fn submit_request(
         args: spec.args.clone(),
     };
     let mut metaflow = vec![
-        ("METAFLOW_DATASTORE_SYSROOT_S3".to_owned(), target.datastore_root.to_string()),
-        ("METAFLOW_DATATOOLS_S3ROOT".to_owned(), target.datatools_root.clone()),
+        (
+            "METAFLOW_DATASTORE_SYSROOT_S3".to_owned(),
+            target.datastore_root.to_string(),
+        ),
+        (
+            "METAFLOW_DATATOOLS_S3ROOT".to_owned(),
+            target.datatools_root.clone(),
+        ),
         ("AWS_DEFAULT_REGION".to_owned(), region.to_owned()),
     ];
     if let Some(endpoint) = &target.s3_endpoint_url {
@@ -313,7 +329,11 @@ fn submit_request(
             environment,
             resource_requirements: resource_requirements(&spec.resources),
         },
-        tags: target.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tags: target
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         propagate_tags: true,
         timeout: target.timeout_seconds.map(|s| Timeout {
             attempt_duration_seconds: s,

@@ -32,7 +32,11 @@ pub enum LocalError {
 }
 
 /// Runs the prepared job locally until it exits; `stop` turning true sends it SIGTERM.
-pub async fn run(prepared: &Prepared, events: &EventSink, mut stop: watch::Receiver<bool>) -> Result<Outcome, LocalError> {
+pub async fn run(
+    prepared: &Prepared,
+    events: &EventSink,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Outcome, LocalError> {
     let Target::Local(target) = &prepared.spec.target else {
         panic!("local::run is for local jobs");
     };
@@ -49,7 +53,13 @@ pub async fn run(prepared: &Prepared, events: &EventSink, mut stop: watch::Recei
         });
     }
 
-    let job_id = format!("local-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis());
+    let job_id = format!(
+        "local-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
     let job_name = prepared.spec.name.to_string();
     let invocation = Invocation {
         package_url: url,
@@ -64,7 +74,10 @@ pub async fn run(prepared: &Prepared, events: &EventSink, mut stop: watch::Recei
         [
             ("MFBATCH_LOCAL_JOB_ID".to_owned(), job_id.clone()),
             ("MFBATCH_CPU".to_owned(), resources.vcpu.to_string()),
-            ("MFBATCH_MEMORY_MIB".to_owned(), resources.memory.get().to_string()),
+            (
+                "MFBATCH_MEMORY_MIB".to_owned(),
+                resources.memory.get().to_string(),
+            ),
         ],
     );
     // One pipe for both streams, as in CloudWatch: the lines keep their order.
@@ -125,7 +138,11 @@ pub async fn run(prepared: &Prepared, events: &EventSink, mut stop: watch::Recei
     }
     let status = child.wait().await.map_err(LocalError::Output)?;
     let exit_code = status.code().or_else(|| signal_code(&status)).unwrap_or(1);
-    let final_status = if exit_code == 0 { JobStatus::Succeeded } else { JobStatus::Failed };
+    let final_status = if exit_code == 0 {
+        JobStatus::Succeeded
+    } else {
+        JobStatus::Failed
+    };
     events(Event::Status {
         job_id: job_id.clone(),
         job_name: job_name.clone(),
@@ -156,7 +173,10 @@ pub async fn run(prepared: &Prepared, events: &EventSink, mut stop: watch::Recei
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
 }
 
 /// Asks the bootstrap to stop; it forwards SIGTERM to the step, as ECS does to a container.

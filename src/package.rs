@@ -105,7 +105,10 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
             Ok(entry) => entry,
             Err(err) => {
                 // A dangling link or a loop: report it and go on with the rest of the tree.
-                if let Some(path) = err.path().filter(|p| p.is_symlink() || err.loop_ancestor().is_some()) {
+                if let Some(path) = err
+                    .path()
+                    .filter(|p| p.is_symlink() || err.loop_ancestor().is_some())
+                {
                     manifest.skipped.push(Skipped {
                         path: relative(&canonical_root, path),
                         reason: SkipReason::BrokenLink,
@@ -113,7 +116,9 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
                     continue;
                 }
                 let path = err.path().unwrap_or(&canonical_root).to_owned();
-                let io = err.into_io_error().unwrap_or_else(|| io::Error::other("walk failed"));
+                let io = err
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("walk failed"));
                 return Err(read_err(&path, io));
             }
         };
@@ -126,7 +131,10 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
             continue;
         }
         if entry.path_is_symlink() {
-            let target = entry.path().canonicalize().map_err(|e| read_err(entry.path(), e))?;
+            let target = entry
+                .path()
+                .canonicalize()
+                .map_err(|e| read_err(entry.path(), e))?;
             if !target.starts_with(&canonical_root) {
                 manifest.skipped.push(Skipped {
                     path: relative(&canonical_root, entry.path()),
@@ -142,7 +150,11 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
             continue;
         }
         let metadata = entry.metadata().map_err(|e| {
-            read_err(entry.path(), e.into_io_error().unwrap_or_else(|| io::Error::other("stat failed")))
+            read_err(
+                entry.path(),
+                e.into_io_error()
+                    .unwrap_or_else(|| io::Error::other("stat failed")),
+            )
         })?;
         manifest.files.push(Entry {
             path: relative(&canonical_root, entry.path()),
@@ -193,7 +205,9 @@ pub fn build(manifest: &Manifest, out: &Path) -> Result<Built, PackageError> {
     };
     let file = File::create(out).map_err(write_err)?;
     let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
-    let gz = GzBuilder::new().mtime(0).write(hashing, Compression::default());
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(hashing, Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for entry in &manifest.files {
@@ -263,10 +277,12 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// SHA-256 of a byte string, as lowercase hex.

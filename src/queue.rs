@@ -38,12 +38,18 @@ impl QueueInfo {
 
     /// The largest vCPU count any of the queue's environments can reach.
     pub fn max_vcpus(&self) -> Option<i32> {
-        self.compute_environments.iter().filter_map(|c| c.max_vcpus).max()
+        self.compute_environments
+            .iter()
+            .filter_map(|c| c.max_vcpus)
+            .max()
     }
 }
 
 /// Looks the queue up by name or ARN; `Ok(None)` when it does not exist.
-pub async fn describe(client: &aws_sdk_batch::Client, queue: &str) -> Result<Option<QueueInfo>, AwsError> {
+pub async fn describe(
+    client: &aws_sdk_batch::Client,
+    queue: &str,
+) -> Result<Option<QueueInfo>, AwsError> {
     let out = client
         .describe_job_queues()
         .job_queues(queue)
@@ -70,16 +76,25 @@ pub async fn describe(client: &aws_sdk_batch::Client, queue: &str) -> Result<Opt
             let resources = ce.compute_resources();
             compute_environments.push(ComputeEnvironment {
                 name: ce.compute_environment_name().unwrap_or_default().to_owned(),
-                resource_type: resources.and_then(|r| r.r#type()).map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                resource_type: resources
+                    .and_then(|r| r.r#type())
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
                 max_vcpus: resources.and_then(|r| r.maxv_cpus()),
-                state: ce.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                state: ce
+                    .state()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
             });
         }
     }
     Ok(Some(QueueInfo {
         name: detail.job_queue_name().unwrap_or(queue).to_owned(),
         arn: detail.job_queue_arn().unwrap_or_default().to_owned(),
-        state: detail.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        state: detail
+            .state()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
         compute_environments,
     }))
 }

@@ -8,8 +8,8 @@ use crate::image::{resolve_image, PythonVersion};
 use crate::s3url::S3Url;
 use crate::settings::{Key, Resolved, Settings};
 use crate::spec::{
-    invalid, parse_env_pair, BatchTarget, JobName, JobSpec, LocalTarget, MemoryMib, Resources, Tags,
-    Target, Vcpu,
+    invalid, parse_env_pair, BatchTarget, JobName, JobSpec, LocalTarget, MemoryMib, Resources,
+    Tags, Target, Vcpu,
 };
 
 /// The options of `mfbatch run` that are not settings, as the user typed them.
@@ -39,7 +39,12 @@ pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, 
     let (root, script) = locate_script(&options.script, options.root.as_deref())?;
     let defaults = Resources::default();
     let resources = Resources {
-        vcpu: options.cpu.as_deref().map(|v| Vcpu::parse("--cpu", v)).transpose()?.unwrap_or(defaults.vcpu),
+        vcpu: options
+            .cpu
+            .as_deref()
+            .map(|v| Vcpu::parse("--cpu", v))
+            .transpose()?
+            .unwrap_or(defaults.vcpu),
         memory: options
             .memory
             .as_deref()
@@ -54,7 +59,11 @@ pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, 
             None => 0,
         },
     };
-    let env = options.env.iter().map(|e| parse_env_pair(e)).collect::<Result<Vec<_>, _>>()?;
+    let env = options
+        .env
+        .iter()
+        .map(|e| parse_env_pair(e))
+        .collect::<Result<Vec<_>, _>>()?;
     let user = settings.get(Key::User);
     let stem = Path::new(&script)
         .file_stem()
@@ -97,7 +106,8 @@ fn batch_target(
 ) -> Result<BatchTarget, ConfigError> {
     // The seed's rule: Batch needs the S3 datastore, so it is checked first.
     let sysroot = settings.require(Key::DatastoreSysrootS3)?;
-    let datastore_root = S3Url::parse(&sysroot.value).map_err(|reason| setting_error(Key::DatastoreSysrootS3, sysroot, reason))?;
+    let datastore_root = S3Url::parse(&sysroot.value)
+        .map_err(|reason| setting_error(Key::DatastoreSysrootS3, sysroot, reason))?;
     for key in [Key::DatatoolsS3Root, Key::CondaPackageS3Root] {
         if let Some(r) = settings.resolved(key) {
             S3Url::parse(&r.value).map_err(|reason| setting_error(key, r, reason))?;
@@ -109,18 +119,24 @@ fn batch_target(
         return Err(setting_error(
             Key::EcsS3AccessIamRole,
             job_role_arn,
-            "expected an IAM role ARN, such as arn:aws:iam::123456789012:role/metaflow-batch".into(),
+            "expected an IAM role ARN, such as arn:aws:iam::123456789012:role/metaflow-batch"
+                .into(),
         ));
     }
     let s3_endpoint_url = settings.get(Key::S3EndpointUrl).map(str::to_owned);
     if let Some(r) = settings.resolved(Key::S3EndpointUrl) {
         if !(r.value.starts_with("http://") || r.value.starts_with("https://")) {
-            return Err(setting_error(Key::S3EndpointUrl, r, "expected an http:// or https:// URL".into()));
+            return Err(setting_error(
+                Key::S3EndpointUrl,
+                r,
+                "expected an http:// or https:// URL".into(),
+            ));
         }
     }
     let python = match &options.python {
         Some(v) => Some(
-            PythonVersion::parse(v).ok_or_else(|| invalid("--python", v, "expected a version such as 3.11"))?,
+            PythonVersion::parse(v)
+                .ok_or_else(|| invalid("--python", v, "expected a version such as 3.11"))?,
         ),
         None => None,
     };
@@ -151,7 +167,11 @@ fn batch_target(
                 .parse()
                 .map_err(|_| invalid("--timeout", t, "expected a whole number of seconds"))?;
             if secs < MIN_TIMEOUT_SECONDS {
-                return Err(invalid("--timeout", t, "AWS Batch needs at least 60 seconds"));
+                return Err(invalid(
+                    "--timeout",
+                    t,
+                    "AWS Batch needs at least 60 seconds",
+                ));
             }
             Some(secs)
         }
@@ -162,10 +182,18 @@ fn batch_target(
         image,
         queue,
         job_role_arn: job_role_arn.value.clone(),
-        execution_role_arn: settings.get(Key::EcsFargateExecutionRole).map(str::to_owned),
+        execution_role_arn: settings
+            .get(Key::EcsFargateExecutionRole)
+            .map(str::to_owned),
         datastore_root,
-        datatools_root: settings.get(Key::DatatoolsS3Root).unwrap_or_default().to_owned(),
-        conda_root: settings.get(Key::CondaPackageS3Root).unwrap_or_default().to_owned(),
+        datatools_root: settings
+            .get(Key::DatatoolsS3Root)
+            .unwrap_or_default()
+            .to_owned(),
+        conda_root: settings
+            .get(Key::CondaPackageS3Root)
+            .unwrap_or_default()
+            .to_owned(),
         s3_endpoint_url,
         tags,
         timeout_seconds,
@@ -192,9 +220,15 @@ fn locate_script(script: &Path, root: Option<&Path>) -> Result<(PathBuf, String)
         reason: reason.to_owned(),
     };
     if !script.is_file() {
-        return Err(script_err(if script.exists() { "is not a file" } else { "does not exist" }));
+        return Err(script_err(if script.exists() {
+            "is not a file"
+        } else {
+            "does not exist"
+        }));
     }
-    let script_abs = script.canonicalize().map_err(|e| script_err(&e.to_string()))?;
+    let script_abs = script
+        .canonicalize()
+        .map_err(|e| script_err(&e.to_string()))?;
     let root_abs = match root {
         Some(r) => r.canonicalize().map_err(|e| ConfigError::InvalidFlag {
             flag: "--root",
@@ -203,11 +237,13 @@ fn locate_script(script: &Path, root: Option<&Path>) -> Result<(PathBuf, String)
         })?,
         None => script_abs.parent().expect("a file has a parent").to_owned(),
     };
-    let rel = script_abs.strip_prefix(&root_abs).map_err(|_| ConfigError::InvalidFlag {
-        flag: "--root",
-        value: root_abs.display().to_string(),
-        reason: format!("the script {} is not inside it", script.display()),
-    })?;
+    let rel = script_abs
+        .strip_prefix(&root_abs)
+        .map_err(|_| ConfigError::InvalidFlag {
+            flag: "--root",
+            value: root_abs.display().to_string(),
+            reason: format!("the script {} is not inside it", script.display()),
+        })?;
     let rel = rel
         .components()
         .map(|c| c.as_os_str().to_string_lossy())

@@ -60,10 +60,20 @@ mod tests {
     #[test]
     fn parses_bucket_and_prefix() {
         let url = S3Url::parse("s3://my-bucket/metaflow/").unwrap();
-        assert_eq!((url.bucket.as_str(), url.prefix.as_str()), ("my-bucket", "metaflow"));
+        assert_eq!(
+            (url.bucket.as_str(), url.prefix.as_str()),
+            ("my-bucket", "metaflow")
+        );
         assert_eq!(url.key("a/b"), "metaflow/a/b");
         assert_eq!(S3Url::parse("s3://bkt").unwrap().key("x"), "x");
-        for bad in ["bucket/prefix", "s3://", "s3://UPPER", "https://b/x", "s3://ab", "s3://-x-/p"] {
+        for bad in [
+            "bucket/prefix",
+            "s3://",
+            "s3://UPPER",
+            "https://b/x",
+            "s3://ab",
+            "s3://-x-/p",
+        ] {
             assert!(S3Url::parse(bad).is_err(), "{bad}");
         }
     }

@@ -218,7 +218,8 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
             })
             // Metaflow treats an empty value as unset; so do we.
             .filter(|(v, _)| !v.trim().is_empty());
-        let found = found.or_else(|| default_for(key, &settings, &sources.env).map(|v| (v, Origin::Default)));
+        let found = found
+            .or_else(|| default_for(key, &settings, &sources.env).map(|v| (v, Origin::Default)));
         if let Some((value, origin)) = found {
             settings.values.insert(key, Resolved { value, origin });
         }
@@ -228,7 +229,11 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
 
 /// Defaults; keys listed after the ones they derive from in [`Key::ALL`].
 fn default_for(key: Key, so_far: &Settings, env: &BTreeMap<String, String>) -> Option<String> {
-    let sysroot = || so_far.get(Key::DatastoreSysrootS3).map(|s| s.trim_end_matches('/').to_owned());
+    let sysroot = || {
+        so_far
+            .get(Key::DatastoreSysrootS3)
+            .map(|s| s.trim_end_matches('/').to_owned())
+    };
     match key {
         Key::DatatoolsS3Root => sysroot().map(|s| format!("{s}/data")),
         Key::CondaPackageS3Root => sysroot().map(|s| format!("{s}/conda")),
@@ -236,7 +241,9 @@ fn default_for(key: Key, so_far: &Settings, env: &BTreeMap<String, String>) -> O
         Key::User => ["USER", "USERNAME", "LOGNAME"]
             .iter()
             .find_map(|v| env.get(*v).filter(|s| !s.is_empty()).cloned()),
-        Key::DatastoreSysrootLocal => cache_dir(env).map(|d| d.join("mfbatch").display().to_string()),
+        Key::DatastoreSysrootLocal => {
+            cache_dir(env).map(|d| d.join("mfbatch").display().to_string())
+        }
         _ => None,
     }
 }
@@ -246,7 +253,9 @@ fn cache_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
     if let Some(dir) = env.get("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
     }
-    env.get("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(h).join(".cache"))
+    env.get("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(h).join(".cache"))
 }
 
 /// The nearest `.metaflow/config.json` at or above `cwd`.
@@ -295,7 +304,9 @@ fn read_config_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
-        return Err(bad("expected a JSON object of \"METAFLOW_...\": value pairs".into()));
+        return Err(bad(
+            "expected a JSON object of \"METAFLOW_...\": value pairs".into(),
+        ));
     };
     Ok(map
         .into_iter()

@@ -16,7 +16,13 @@ pub struct Vcpu(f64);
 
 impl Vcpu {
     pub fn parse(flag: &'static str, text: &str) -> Result<Self, ConfigError> {
-        let value: f64 = text.trim().parse().map_err(|_| invalid(flag, text, "expected a number of vCPUs, such as 1, 4 or 0.5"))?;
+        let value: f64 = text.trim().parse().map_err(|_| {
+            invalid(
+                flag,
+                text,
+                "expected a number of vCPUs, such as 1, 4 or 0.5",
+            )
+        })?;
         if !value.is_finite() || value <= 0.0 {
             return Err(invalid(flag, text, "must be greater than 0"));
         }
@@ -87,8 +93,13 @@ pub const MAX_NAME_LEN: usize = 128;
 impl JobName {
     /// Checks a name the user chose; a bad one is an error rather than silently changed.
     pub fn parse(flag: &'static str, text: &str) -> Result<Self, ConfigError> {
-        let ok_chars = text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        let starts_ok = text.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let ok_chars = text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let starts_ok = text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
         if text.is_empty() || text.len() > MAX_NAME_LEN || !ok_chars || !starts_ok {
             return Err(invalid(
                 flag,
@@ -103,7 +114,11 @@ impl JobName {
     pub fn sanitize(text: &str) -> Self {
         let mut out = String::with_capacity(text.len());
         for c in text.chars() {
-            let c = if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' };
+            let c = if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            };
             if !(c == '-' && (out.is_empty() || out.ends_with('-'))) {
                 out.push(c);
             }
@@ -142,13 +157,24 @@ pub fn parse_env_pair(text: &str) -> Result<(String, String), ConfigError> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| invalid("--env", text, "expected KEY=VALUE"))?;
-    let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(invalid("--env", text, "the name must be letters, digits and '_', not starting with a digit"));
+        return Err(invalid(
+            "--env",
+            text,
+            "the name must be letters, digits and '_', not starting with a digit",
+        ));
     }
     if key.starts_with("AWS_BATCH_") {
-        return Err(invalid("--env", text, "AWS_BATCH_* names are reserved by AWS Batch"));
+        return Err(invalid(
+            "--env",
+            text,
+            "AWS_BATCH_* names are reserved by AWS Batch",
+        ));
     }
     Ok((key.to_owned(), value.to_owned()))
 }
@@ -164,13 +190,22 @@ const MAX_TAG_VALUE: usize = 256;
 
 impl Tags {
     /// Adds one tag, checking AWS's rules. `source` names the flag or variable for the message.
-    pub fn insert(&mut self, source: &'static str, key: &str, value: &str) -> Result<(), ConfigError> {
+    pub fn insert(
+        &mut self,
+        source: &'static str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ConfigError> {
         let shown = format!("{key}={value}");
         if key.is_empty() || key.chars().count() > MAX_TAG_KEY {
             return Err(invalid(source, &shown, "a tag key is 1-128 characters"));
         }
         if value.chars().count() > MAX_TAG_VALUE {
-            return Err(invalid(source, &shown, "a tag value is at most 256 characters"));
+            return Err(invalid(
+                source,
+                &shown,
+                "a tag value is at most 256 characters",
+            ));
         }
         if key.to_ascii_lowercase().starts_with("aws:") {
             return Err(invalid(source, &shown, "the aws: prefix is reserved"));
@@ -195,7 +230,8 @@ impl Tags {
             origin: origin.to_owned(),
             reason: reason.to_owned(),
         };
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|_| bad("not valid JSON"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|_| bad("not valid JSON"))?;
         let serde_json::Value::Object(map) = value else {
             return Err(bad("expected a JSON object such as {\"team\": \"ml\"}"));
         };
@@ -308,7 +344,10 @@ mod tests {
         assert_eq!(Vcpu::parse("--cpu", "0.5").unwrap().to_string(), "0.5");
         assert_eq!(Vcpu::parse("--cpu", "0.25").unwrap().to_string(), "0.25");
         for bad in ["abc", "0", "-1", "", "NaN", "inf", "0.3"] {
-            assert!(Vcpu::parse("--cpu", bad).is_err(), "{bad} should be rejected");
+            assert!(
+                Vcpu::parse("--cpu", bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 
@@ -316,7 +355,10 @@ mod tests {
     fn memory_is_whole_positive_mib() {
         assert_eq!(MemoryMib::parse("--memory", "16000").unwrap().get(), 16000);
         for bad in ["0", "-5", "1.5", "lots"] {
-            assert!(MemoryMib::parse("--memory", bad).is_err(), "{bad} should be rejected");
+            assert!(
+                MemoryMib::parse("--memory", bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 
@@ -332,11 +374,18 @@ mod tests {
             ("a--b", "a-b"),
         ];
         for (input, want) in cases {
-            assert_eq!(JobName::sanitize(input).as_str(), want, "sanitize({input:?})");
+            assert_eq!(
+                JobName::sanitize(input).as_str(),
+                want,
+                "sanitize({input:?})"
+            );
         }
         let long = "x".repeat(300);
         assert_eq!(JobName::sanitize(&long).as_str().len(), MAX_NAME_LEN);
-        assert_eq!(JobName::derived(Some("jane.doe"), "train").as_str(), "jane-doe-train");
+        assert_eq!(
+            JobName::derived(Some("jane.doe"), "train").as_str(),
+            "jane-doe-train"
+        );
     }
 
     #[test]
@@ -350,7 +399,10 @@ mod tests {
     #[test]
     fn env_pairs() {
         assert_eq!(parse_env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
-        assert_eq!(parse_env_pair("EMPTY=").unwrap(), ("EMPTY".into(), "".into()));
+        assert_eq!(
+            parse_env_pair("EMPTY=").unwrap(),
+            ("EMPTY".into(), "".into())
+        );
         for bad in ["NOEQUALS", "=x", "1A=x", "A-B=x", "AWS_BATCH_JOB_ID=x"] {
             assert!(parse_env_pair(bad).is_err(), "{bad}");
         }
@@ -363,7 +415,8 @@ mod tests {
         assert!(tags.insert_pair("aws:x=y").is_err());
         assert!(tags.insert_pair("novalue").is_err());
         assert!(tags.insert_pair(&format!("{}=v", "k".repeat(129))).is_err());
-        tags.insert_json("environment", r#"{"cost": "a", "n": 3}"#).unwrap();
+        tags.insert_json("environment", r#"{"cost": "a", "n": 3}"#)
+            .unwrap();
         assert_eq!(tags.len(), 3);
         assert!(tags.insert_json("environment", "[1]").is_err());
         assert!(tags.check_count(47).is_ok());

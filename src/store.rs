@@ -119,7 +119,11 @@ impl S3Store {
                 .bucket(&self.root.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk(Service::S3, "CompleteMultipartUpload", e))?;
@@ -161,15 +165,21 @@ impl PackageStore for S3Store {
         }
     }
 
-    async fn put(&self, built: &Built, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        built: &Built,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), StoreError> {
         let key = self.key(&built.sha256);
         if built.size > MULTIPART_THRESHOLD {
             return self.put_multipart(built, &key, progress).await;
         }
-        let body = ByteStream::from_path(&built.path).await.map_err(|e| StoreError::Io {
-            path: built.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        let body = ByteStream::from_path(&built.path)
+            .await
+            .map_err(|e| StoreError::Io {
+                path: built.path.clone(),
+                source: std::io::Error::other(e),
+            })?;
         let result = self
             .client
             .put_object()
@@ -214,21 +224,33 @@ impl PackageStore for LocalStore {
     }
 
     async fn contains(&self, sha256: &str) -> Result<bool, StoreError> {
-        Ok(tokio::fs::try_exists(self.path(sha256)).await.unwrap_or(false))
+        Ok(tokio::fs::try_exists(self.path(sha256))
+            .await
+            .unwrap_or(false))
     }
 
-    async fn put(&self, built: &Built, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        built: &Built,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), StoreError> {
         let dest = self.path(&built.sha256);
         let io = |path: &Path, source| StoreError::Io {
             path: path.to_owned(),
             source,
         };
         let parent = dest.parent().expect("has a parent");
-        tokio::fs::create_dir_all(parent).await.map_err(|e| io(parent, e))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io(parent, e))?;
         // Copy then rename, so a reader never sees a half-written package.
         let partial = parent.join(format!(".{}.{}.partial", built.sha256, std::process::id()));
-        tokio::fs::copy(&built.path, &partial).await.map_err(|e| io(&partial, e))?;
-        tokio::fs::rename(&partial, &dest).await.map_err(|e| io(&dest, e))?;
+        tokio::fs::copy(&built.path, &partial)
+            .await
+            .map_err(|e| io(&partial, e))?;
+        tokio::fs::rename(&partial, &dest)
+            .await
+            .map_err(|e| io(&dest, e))?;
         progress(built.size, built.size);
         Ok(())
     }

@@ -44,11 +44,20 @@ pub struct Timeout {
 /// The resource overrides: VCPU as `%g`, MEMORY in whole MiB, GPU only when asked for.
 pub fn resource_requirements(resources: &Resources) -> Vec<Requirement> {
     let mut out = vec![
-        Requirement { kind: "VCPU", value: resources.vcpu.to_string() },
-        Requirement { kind: "MEMORY", value: resources.memory.get().to_string() },
+        Requirement {
+            kind: "VCPU",
+            value: resources.vcpu.to_string(),
+        },
+        Requirement {
+            kind: "MEMORY",
+            value: resources.memory.get().to_string(),
+        },
     ];
     if resources.gpu > 0 {
-        out.push(Requirement { kind: "GPU", value: resources.gpu.to_string() });
+        out.push(Requirement {
+            kind: "GPU",
+            value: resources.gpu.to_string(),
+        });
     }
     out
 }
@@ -60,7 +69,8 @@ impl SubmitRequest {
         let chars = overrides.chars().count();
         if chars > MAX_OVERRIDES_CHARS {
             return Err(ConfigError::OverLimit {
-                what: "the container overrides (environment, arguments and resources as JSON)".into(),
+                what: "the container overrides (environment, arguments and resources as JSON)"
+                    .into(),
                 actual: chars,
                 limit: MAX_OVERRIDES_CHARS,
             });
@@ -85,17 +95,26 @@ impl SubmitRequest {
 
     /// The size of the overrides, reported by `--dry-run`.
     pub fn overrides_chars(&self) -> usize {
-        serde_json::to_string(&self.container_overrides).expect("serializes").chars().count()
+        serde_json::to_string(&self.container_overrides)
+            .expect("serializes")
+            .chars()
+            .count()
     }
 
     /// Sends the request and returns the job id.
     pub async fn send(&self, client: &aws_sdk_batch::Client) -> Result<String, AwsError> {
         use aws_sdk_batch::types::{
-            ContainerOverrides as Overrides, JobTimeout, KeyValuePair, ResourceRequirement, ResourceType,
+            ContainerOverrides as Overrides, JobTimeout, KeyValuePair, ResourceRequirement,
+            ResourceType,
         };
         let mut overrides = Overrides::builder();
         for kv in &self.container_overrides.environment {
-            overrides = overrides.environment(KeyValuePair::builder().name(&kv.name).value(&kv.value).build());
+            overrides = overrides.environment(
+                KeyValuePair::builder()
+                    .name(&kv.name)
+                    .value(&kv.value)
+                    .build(),
+            );
         }
         for r in &self.container_overrides.resource_requirements {
             overrides = overrides.resource_requirements(

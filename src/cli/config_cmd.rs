@@ -29,7 +29,9 @@ pub fn print(settings: &Settings, output: Output) {
             let mut map = serde_json::Map::new();
             for (key, resolved) in settings.entries() {
                 let entry = match resolved {
-                    Some(r) => serde_json::json!({"value": shown(key, &r.value), "origin": r.origin.to_string()}),
+                    Some(r) => {
+                        serde_json::json!({"value": shown(key, &r.value), "origin": r.origin.to_string()})
+                    }
                     None => serde_json::json!({"value": null, "origin": null}),
                 };
                 map.insert(key.name().to_owned(), entry);
@@ -40,7 +42,12 @@ pub fn print(settings: &Settings, output: Output) {
             let width = Key::ALL.iter().map(|k| k.name().len()).max().unwrap_or(0);
             for (key, resolved) in settings.entries() {
                 match resolved {
-                    Some(r) => println!("{:width$}  {}  ({})", key.name(), shown(key, &r.value), r.origin),
+                    Some(r) => println!(
+                        "{:width$}  {}  ({})",
+                        key.name(),
+                        shown(key, &r.value),
+                        r.origin
+                    ),
                     None => println!("{:width$}  (not set)", key.name()),
                 }
             }

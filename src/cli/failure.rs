@@ -55,7 +55,11 @@ impl From<ConfigError> for Failure {
 impl From<LaunchError> for Failure {
     fn from(e: LaunchError) -> Self {
         let hint = e.hint();
-        let code = if e.is_usage() { exit::USAGE } else { exit::FAILURE };
+        let code = if e.is_usage() {
+            exit::USAGE
+        } else {
+            exit::FAILURE
+        };
         Failure::new(e, hint, code)
     }
 }

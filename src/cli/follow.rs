@@ -43,8 +43,10 @@ pub async fn follow(
         let handle = tracker.follow_with(request, sink.clone());
         jobs.spawn(handle.wait());
     }
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let mut interrupted = false;
     let mut results: Vec<Result<Outcome, TrackError>> = Vec::new();
     loop {
@@ -89,10 +91,16 @@ pub async fn follow(
 }
 
 /// Remembers each job's last status (for choosing CancelJob or TerminateJob), then renders.
-fn status_recording_sink(inner: EventSink, statuses: Arc<Mutex<HashMap<String, JobStatus>>>) -> EventSink {
+fn status_recording_sink(
+    inner: EventSink,
+    statuses: Arc<Mutex<HashMap<String, JobStatus>>>,
+) -> EventSink {
     Arc::new(move |event| {
         if let Event::Status { job_id, status, .. } = &event {
-            statuses.lock().expect("status lock").insert(job_id.clone(), *status);
+            statuses
+                .lock()
+                .expect("status lock")
+                .insert(job_id.clone(), *status);
         }
         inner(event)
     })

@@ -98,14 +98,21 @@ pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
                     .and_then(|o| o.summary)
                     .or_else(|| snapshot.status_reason.clone())
                     .unwrap_or_default();
-                println!("{}  {:<10} {}  {}", snapshot.job_id, snapshot.status, snapshot.job_name, detail);
+                println!(
+                    "{}  {:<10} {}  {}",
+                    snapshot.job_id, snapshot.status, snapshot.job_name, detail
+                );
             }
         }
     }
     for id in &missing {
         eprintln!("{} job {id} was not found", global.style.error("error:"));
     }
-    Ok(if missing.is_empty() { exit::SUCCESS } else { exit::FAILURE })
+    Ok(if missing.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
 }
 
 pub async fn kill(args: KillArgs, global: Global) -> Result<u8, Failure> {
@@ -123,10 +130,20 @@ pub async fn kill(args: KillArgs, global: Global) -> Result<u8, Failure> {
             eprintln!("Job {id} already ended ({})", snapshot.status);
             continue;
         }
-        stop_job(&clients.batch, &budget, id, Some(snapshot.status), &args.reason)
-            .await
-            .map_err(aws_failure)?;
-        let verb = if snapshot.status < JobStatus::Starting { "Cancelled" } else { "Terminated" };
+        stop_job(
+            &clients.batch,
+            &budget,
+            id,
+            Some(snapshot.status),
+            &args.reason,
+        )
+        .await
+        .map_err(aws_failure)?;
+        let verb = if snapshot.status < JobStatus::Starting {
+            "Cancelled"
+        } else {
+            "Terminated"
+        };
         eprintln!("{verb} job {id} ({})", snapshot.status);
     }
     Ok(code)

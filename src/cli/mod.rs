@@ -34,7 +34,10 @@ pub fn main() -> ExitCode {
         quiet: cli.quiet,
         style: Style::detect(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             report::print_error(&global.style, &e, None);

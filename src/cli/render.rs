@@ -26,16 +26,22 @@ pub struct RenderOptions {
 
 /// A running renderer: events go in through [`Renderer::sink`], are written by one task.
 pub struct Renderer {
-    sender: mpsc::UnboundedSender<Event>,
+    sender: mpsc::UnboundedSender<Message>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the renderer's task receives; `Close` comes after every event sent before it.
+pub enum Message {
+    Event(Event),
+    Close,
 }
 
 impl Renderer {
     pub fn start(options: RenderOptions) -> Self {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Event>();
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Message>();
         let task = tokio::spawn(async move {
             let mut writer = Writer::new(options);
-            while let Some(event) = receiver.recv().await {
+            while let Some(Message::Event(event)) = receiver.recv().await {
                 writer.write(&event);
                 // Flush when the queue is drained: prompt for a trickle, cheap for a flood.
                 if receiver.is_empty() {
@@ -50,13 +56,13 @@ impl Renderer {
     pub fn sink(&self) -> EventSink {
         let sender = self.sender.clone();
         Arc::new(move |event| {
-            let _ = sender.send(event);
+            let _ = sender.send(Message::Event(event));
         })
     }
 
-    /// Waits until everything sent so far is written.
+    /// Writes everything sent so far, then stops (sinks still held elsewhere are ignored after).
     pub async fn finish(self) {
-        drop(self.sender);
+        let _ = self.sender.send(Message::Close);
         let _ = self.task.await;
     }
 }
@@ -116,7 +122,11 @@ impl Writer {
                 // The job's output belongs to stdout, unchanged.
                 let _ = self.write_log_line(job_name, *timestamp_ms, message);
             }
-            Event::Packaged { files, bytes, sha256 } => self.status(format!(
+            Event::Packaged {
+                files,
+                bytes,
+                sha256,
+            } => self.status(format!(
                 "Packaged {files} file{} ({}), sha256 {}",
                 if *files == 1 { "" } else { "s" },
                 human_bytes(*bytes),
@@ -165,13 +175,18 @@ impl Writer {
             Event::UploadStarted { url, bytes } => {
                 if self.options.style.live && !self.options.quiet {
                     let bar = ProgressBar::new(*bytes).with_style(
-                        ProgressStyle::with_template("Uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                            .expect("valid template"),
+                        ProgressStyle::with_template(
+                            "Uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .expect("valid template"),
                     );
                     bar.enable_steady_tick(Duration::from_millis(200));
                     self.bar = Some(bar);
                 } else {
-                    self.status(format!("Uploading package to {url} ({})", human_bytes(*bytes)));
+                    self.status(format!(
+                        "Uploading package to {url} ({})",
+                        human_bytes(*bytes)
+                    ));
                 }
             }
             Event::UploadProgress { sent, .. } => {
@@ -186,7 +201,11 @@ impl Writer {
                 self.status(format!("Uploaded {url}"));
             }
             Event::UploadSkipped { url } => self.status(format!("Package already stored at {url}")),
-            Event::JobDefinition { name, arn, registered } => {
+            Event::JobDefinition {
+                name,
+                arn,
+                registered,
+            } => {
                 let revision = arn.rsplit(':').next().unwrap_or("?");
                 let verb = if *registered { "Registered" } else { "Reusing" };
                 self.status(format!("{verb} job definition {name}:{revision}"));
@@ -224,7 +243,11 @@ impl Writer {
                     format!("Job {} succeeded", outcome.job_id)
                 } else {
                     let summary = outcome.summary.as_deref().unwrap_or("failed");
-                    let mut text = format!("{} job {} failed: {summary}", style.error("error:"), outcome.job_id);
+                    let mut text = format!(
+                        "{} job {} failed: {summary}",
+                        style.error("error:"),
+                        outcome.job_id
+                    );
                     if let Some(reason) = &outcome.reason {
                         text.push_str(&format!("\n  Batch says: {reason}"));
                     }
@@ -235,7 +258,12 @@ impl Writer {
         }
     }
 
-    fn write_log_line(&mut self, job_name: &str, timestamp_ms: i64, message: &str) -> io::Result<()> {
+    fn write_log_line(
+        &mut self,
+        job_name: &str,
+        timestamp_ms: i64,
+        message: &str,
+    ) -> io::Result<()> {
         if self.options.prefix_jobs {
             write!(self.stdout, "{job_name} | ")?;
         }

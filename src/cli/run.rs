@@ -13,8 +13,8 @@ use super::exit;
 use super::failure::Failure;
 use super::follow::{self, OnInterrupt};
 use super::render::{RenderOptions, Renderer};
-use mfbatch::track::FollowRequest;
 use super::Global;
+use mfbatch::track::FollowRequest;
 
 pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     let flags: BTreeMap<Key, String> = [
@@ -55,7 +55,10 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         .transpose()?;
     if spec.batch().is_none() {
         if args.dry_run || args.detach {
-            return Err(Failure::usage_message("--dry-run and --detach are for AWS Batch jobs, not --local", None));
+            return Err(Failure::usage_message(
+                "--dry-run and --detach are for AWS Batch jobs, not --local",
+                None,
+            ));
         }
         return run_local(spec, global).await;
     }
@@ -77,7 +80,9 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         let prepared = launch::prepare(spec, &events).await?;
         let plan = launch::plan(&clients, &prepared).await?;
         if args.dry_run {
-            return Ok::<_, launch::LaunchError>(Launched::DryRun(Box::new(dry_run_document(&prepared, &plan))));
+            return Ok::<_, launch::LaunchError>(Launched::DryRun(Box::new(dry_run_document(
+                &prepared, &plan,
+            ))));
         }
         let submitted = launch::execute(&clients, &prepared, plan, &events).await?;
         Ok(Launched::Submitted(submitted))
@@ -87,7 +92,10 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     renderer.finish().await;
     match result? {
         Launched::DryRun(doc) => {
-            println!("{}", serde_json::to_string_pretty(&doc).expect("serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
             Ok(exit::SUCCESS)
         }
         Launched::Submitted(submitted) if args.detach => {
@@ -162,13 +170,17 @@ async fn run_local(spec: mfbatch::spec::JobSpec, global: Global) -> Result<u8, F
     let renderer = follow::renderer(&global, false, false);
     let events = renderer.sink();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let mut interrupted = false;
     // `None`: a second interrupt, leave without waiting for the step.
     let result = {
         let work = async {
-            let prepared = launch::prepare(spec, &events).await.map_err(Failure::from)?;
+            let prepared = launch::prepare(spec, &events)
+                .await
+                .map_err(Failure::from)?;
             mfbatch::local::run(&prepared, &events, stop_rx)
                 .await
                 .map_err(|e| Failure::new(e, None, exit::FAILURE))

@@ -99,6 +99,9 @@ mod tests {
         for _ in 0..100 {
             budget.succeeded();
         }
-        assert_eq!(budget.state.lock().unwrap().interval, Duration::from_millis(100));
+        assert_eq!(
+            budget.state.lock().unwrap().interval,
+            Duration::from_millis(100)
+        );
     }
 }

@@ -55,14 +55,18 @@ pub async fn run(
                 status: snapshot.status,
                 previous: status,
                 previous_ms: status.map(|_| (now - status_since).as_millis() as u64),
-                reason: snapshot.status_reason.clone().filter(|_| snapshot.status == JobStatus::Runnable),
+                reason: snapshot
+                    .status_reason
+                    .clone()
+                    .filter(|_| snapshot.status == JobStatus::Runnable),
             });
             status = Some(snapshot.status);
             status_since = now;
         }
         if !request.without_logs {
             for (attempt, stream) in snapshot.log_streams() {
-                if request.attempt.is_some_and(|a| a != attempt) || !followed.insert(stream.clone()) {
+                if request.attempt.is_some_and(|a| a != attempt) || !followed.insert(stream.clone())
+                {
                     continue;
                 }
                 let stream = StreamRef {
@@ -104,13 +108,17 @@ pub async fn run(
                         job_id: job_id.clone(),
                         reason: reason.clone(),
                     });
-                    if let Err(e) = stop_job(&ctx.batch, &ctx.batch_budget, &job_id, status, &reason).await {
+                    if let Err(e) =
+                        stop_job(&ctx.batch, &ctx.batch_budget, &job_id, status, &reason).await
+                    {
                         return Err(TrackError::Aws {
                             job_id,
                             source: Arc::new(e),
                         });
                     }
-                    let _ = ctx.poller.send(poller::Command::PollSoon { job_id: job_id.clone() });
+                    let _ = ctx.poller.send(poller::Command::PollSoon {
+                        job_id: job_id.clone(),
+                    });
                 }
             }
         }
@@ -152,7 +160,10 @@ async fn runnable_detail(ctx: &Context, snapshot: &JobSnapshot) -> Option<String
         snapshot.memory_mib.as_deref().unwrap_or("?")
     );
     ctx.batch_budget.acquire().await;
-    let info = queue::describe(&ctx.batch, &snapshot.queue).await.ok().flatten();
+    let info = queue::describe(&ctx.batch, &snapshot.queue)
+        .await
+        .ok()
+        .flatten();
     let Some(info) = info else {
         return Some(requested);
     };
@@ -163,8 +174,16 @@ async fn runnable_detail(ctx: &Context, snapshot: &JobSnapshot) -> Option<String
             format!(
                 "{} ({}{}, max {} vCPU)",
                 ce.name,
-                if ce.resource_type.is_empty() { "unmanaged" } else { &ce.resource_type },
-                if ce.state == "ENABLED" || ce.state.is_empty() { String::new() } else { format!(", {}", ce.state) },
+                if ce.resource_type.is_empty() {
+                    "unmanaged"
+                } else {
+                    &ce.resource_type
+                },
+                if ce.state == "ENABLED" || ce.state.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", ce.state)
+                },
                 ce.max_vcpus.map_or("?".into(), |v| v.to_string())
             )
         })
@@ -173,6 +192,10 @@ async fn runnable_detail(ctx: &Context, snapshot: &JobSnapshot) -> Option<String
         "{requested}; queue {} ({}) uses {}",
         info.name,
         info.state,
-        if environments.is_empty() { "no compute environment".into() } else { environments.join(", ") }
+        if environments.is_empty() {
+            "no compute environment".into()
+        } else {
+            environments.join(", ")
+        }
     ))
 }

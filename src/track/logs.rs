@@ -107,7 +107,9 @@ pub async fn follow(
                         budget.throttled();
                         false
                     }
-                    AwsErrorKind::AccessDenied | AwsErrorKind::Credentials => return FollowEnd::Failed(err),
+                    AwsErrorKind::AccessDenied | AwsErrorKind::Credentials => {
+                        return FollowEnd::Failed(err)
+                    }
                     _ => {
                         interval = (interval * 2).min(config.log_max_interval);
                         false
@@ -127,7 +129,9 @@ pub async fn follow(
                 return FollowEnd::Drained;
             }
             // While draining, look again soon enough to end near the quiet window's end.
-            interval = interval.min(config.drain_quiet / 2).max(config.log_min_interval);
+            interval = interval
+                .min(config.drain_quiet / 2)
+                .max(config.log_min_interval);
         }
         if done_at.is_none() {
             tokio::select! {

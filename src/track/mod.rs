@@ -207,8 +207,20 @@ impl Tracker {
     }
 
     /// Stops a job: CancelJob while it waits, TerminateJob once it may be running.
-    pub async fn stop(&self, job_id: &str, last_status: Option<JobStatus>, reason: &str) -> Result<(), AwsError> {
-        stop_job(&self.inner.batch, &self.inner.batch_budget, job_id, last_status, reason).await?;
+    pub async fn stop(
+        &self,
+        job_id: &str,
+        last_status: Option<JobStatus>,
+        reason: &str,
+    ) -> Result<(), AwsError> {
+        stop_job(
+            &self.inner.batch,
+            &self.inner.batch_budget,
+            job_id,
+            last_status,
+            reason,
+        )
+        .await?;
         let _ = self.inner.poller.send(poller::Command::PollSoon {
             job_id: job_id.to_owned(),
         });
@@ -217,7 +229,10 @@ impl Tracker {
 
     /// Calls made so far, per service (Batch, Logs), for reports and benchmarks.
     pub fn calls(&self) -> (u64, u64) {
-        (self.inner.batch_budget.calls(), self.inner.logs_budget.calls())
+        (
+            self.inner.batch_budget.calls(),
+            self.inner.logs_budget.calls(),
+        )
     }
 }
 

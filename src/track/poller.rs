@@ -30,7 +30,10 @@ pub enum Update {
 
 /// Requests to the poller.
 pub enum Command {
-    Watch { job_id: String, updates: mpsc::UnboundedSender<Update> },
+    Watch {
+        job_id: String,
+        updates: mpsc::UnboundedSender<Update>,
+    },
     /// Poll this job at the next opportunity (e.g. right after stopping it).
     PollSoon { job_id: String },
 }
@@ -78,27 +81,38 @@ pub async fn run(
         }
         for batch in choose_batches(&watches, now) {
             budget.acquire().await;
-            let result = client.describe_jobs().set_jobs(Some(batch.clone())).send().await;
+            let result = client
+                .describe_jobs()
+                .set_jobs(Some(batch.clone()))
+                .send()
+                .await;
             let now = Instant::now();
             match result {
                 Ok(out) => {
                     budget.succeeded();
                     let mut seen = std::collections::HashSet::new();
                     for detail in out.jobs() {
-                        let Some(snapshot) = JobSnapshot::from_detail(detail) else { continue };
-                        let Some(watch) = watches.get_mut(&snapshot.job_id) else { continue };
+                        let Some(snapshot) = JobSnapshot::from_detail(detail) else {
+                            continue;
+                        };
+                        let Some(watch) = watches.get_mut(&snapshot.job_id) else {
+                            continue;
+                        };
                         seen.insert(snapshot.job_id.clone());
                         watch.first_missing = None;
                         if watch.status != Some(snapshot.status) {
                             watch.status = Some(snapshot.status);
                             watch.status_since = now;
                         }
-                        let interval = poll_interval(&config, snapshot.status, now - watch.status_since);
+                        let interval =
+                            poll_interval(&config, snapshot.status, now - watch.status_since);
                         watch.next_due = now + jitter(&mut rng, interval);
                         let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));
                     }
                     for id in batch.iter().filter(|id| !seen.contains(*id)) {
-                        let Some(watch) = watches.get_mut(id) else { continue };
+                        let Some(watch) = watches.get_mut(id) else {
+                            continue;
+                        };
                         // Just submitted ids can be missing for a moment (eventual consistency).
                         let since = *watch.first_missing.get_or_insert(now);
                         if now - since > config.not_found_grace {
@@ -114,15 +128,21 @@ pub async fn run(
                     if err.kind == AwsErrorKind::Throttled {
                         budget.throttled();
                     }
-                    let fatal = matches!(err.kind, AwsErrorKind::AccessDenied | AwsErrorKind::Credentials);
+                    let fatal = matches!(
+                        err.kind,
+                        AwsErrorKind::AccessDenied | AwsErrorKind::Credentials
+                    );
                     let err = Arc::new(err);
                     for id in &batch {
-                        let Some(watch) = watches.get_mut(id) else { continue };
+                        let Some(watch) = watches.get_mut(id) else {
+                            continue;
+                        };
                         if fatal {
                             let _ = watch.updates.send(Update::Failed(err.clone()));
                         } else {
                             // Try again later; the job's state is not lost by waiting.
-                            watch.next_due = now + jitter(&mut rng, config.poll_max.min(Duration::from_secs(5)));
+                            watch.next_due =
+                                now + jitter(&mut rng, config.poll_max.min(Duration::from_secs(5)));
                         }
                     }
                     if fatal {

@@ -55,7 +55,10 @@ impl JobSnapshot {
             .attempts()
             .iter()
             .map(|a| AttemptSnapshot {
-                log_stream: a.container().and_then(|c| c.log_stream_name()).map(str::to_owned),
+                log_stream: a
+                    .container()
+                    .and_then(|c| c.log_stream_name())
+                    .map(str::to_owned),
                 exit_code: a.container().and_then(|c| c.exit_code()),
                 reason: a.container().and_then(|c| c.reason()).map(str::to_owned),
                 status_reason: a.status_reason().map(str::to_owned),
@@ -70,7 +73,9 @@ impl JobSnapshot {
             log_group,
             attempts,
             container: AttemptSnapshot {
-                log_stream: container.and_then(|c| c.log_stream_name()).map(str::to_owned),
+                log_stream: container
+                    .and_then(|c| c.log_stream_name())
+                    .map(str::to_owned),
                 exit_code: container.and_then(|c| c.exit_code()),
                 reason: container.and_then(|c| c.reason()).map(str::to_owned),
                 status_reason: None,
@@ -119,18 +124,25 @@ impl JobSnapshot {
     pub fn outcome(&self) -> Outcome {
         let last = self.attempts.last().cloned().unwrap_or_default();
         let exit_code = last.exit_code.or(self.container.exit_code);
-        let container_reason = last.reason.clone().or_else(|| self.container.reason.clone());
+        let container_reason = last
+            .reason
+            .clone()
+            .or_else(|| self.container.reason.clone());
         let attempt_reason = last.status_reason.clone();
-        let reasons: Vec<String> = [self.status_reason.clone(), attempt_reason.clone(), container_reason.clone()]
-            .into_iter()
-            .flatten()
-            .filter(|r| !r.is_empty())
-            .fold(Vec::new(), |mut acc, r| {
-                if !acc.contains(&r) {
-                    acc.push(r);
-                }
-                acc
-            });
+        let reasons: Vec<String> = [
+            self.status_reason.clone(),
+            attempt_reason.clone(),
+            container_reason.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|r| !r.is_empty())
+        .fold(Vec::new(), |mut acc, r| {
+            if !acc.contains(&r) {
+                acc.push(r);
+            }
+            acc
+        });
         let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
         let mut outcome = Outcome {
             job_id: self.job_id.clone(),
@@ -145,31 +157,67 @@ impl JobSnapshot {
             return outcome;
         }
         let all = reasons.join(" ");
-        let (kind, summary) = if container_reason.as_deref().is_some_and(|r| r.starts_with("OutOfMemoryError")) {
-            (FailureKind::OutOfMemory, "out of memory: the container used more than its --memory".to_owned())
+        let (kind, summary) = if container_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("OutOfMemoryError"))
+        {
+            (
+                FailureKind::OutOfMemory,
+                "out of memory: the container used more than its --memory".to_owned(),
+            )
         } else if all.contains("CannotPullContainerError") || all.contains("CannotPullImage") {
-            (FailureKind::ImagePull, "the container image could not be pulled (check --image and registry access)".to_owned())
-        } else if attempt_reason.as_deref().is_some_and(|r| r.starts_with("Host EC2")) {
-            (FailureKind::SpotReclaimed, "the instance was reclaimed (spot interruption or host termination)".to_owned())
+            (
+                FailureKind::ImagePull,
+                "the container image could not be pulled (check --image and registry access)"
+                    .to_owned(),
+            )
+        } else if attempt_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("Host EC2"))
+        {
+            (
+                FailureKind::SpotReclaimed,
+                "the instance was reclaimed (spot interruption or host termination)".to_owned(),
+            )
         } else if all.contains("Job attempt duration exceeded timeout") {
-            (FailureKind::Timeout, "the attempt ran longer than its timeout (--timeout)".to_owned())
+            (
+                FailureKind::Timeout,
+                "the attempt ran longer than its timeout (--timeout)".to_owned(),
+            )
         } else if let Some(text) = exit_code.and_then(explain_exit_code) {
-            (FailureKind::Bootstrap, format!("{text} (exit code {})", exit_code.unwrap_or_default()))
+            (
+                FailureKind::Bootstrap,
+                format!("{text} (exit code {})", exit_code.unwrap_or_default()),
+            )
         } else if let Some(code) = exit_code.filter(|c| *c != 0) {
             let signal = match code {
                 137 => " (killed: SIGKILL)",
                 143 => " (terminated: SIGTERM)",
                 _ => "",
             };
-            (FailureKind::ExitCode, format!("the step exited with code {code}{signal}"))
+            (
+                FailureKind::ExitCode,
+                format!("the step exited with code {code}{signal}"),
+            )
         } else if self.status_reason.as_deref().is_some_and(is_user_stop) {
-            (FailureKind::TerminatedByUser, "stopped by a user".to_owned())
+            (
+                FailureKind::TerminatedByUser,
+                "stopped by a user".to_owned(),
+            )
         } else {
-            (FailureKind::Unknown, "the job failed without an exit code".to_owned())
+            (
+                FailureKind::Unknown,
+                "the job failed without an exit code".to_owned(),
+            )
         };
         // A user's stop wins over the exit code it caused (143 after TerminateJob).
-        let (kind, summary) = if kind == FailureKind::ExitCode && self.status_reason.as_deref().is_some_and(is_user_stop) {
-            (FailureKind::TerminatedByUser, format!("stopped by a user; {summary}"))
+        let (kind, summary) = if kind == FailureKind::ExitCode
+            && self.status_reason.as_deref().is_some_and(is_user_stop)
+        {
+            (
+                FailureKind::TerminatedByUser,
+                format!("stopped by a user; {summary}"),
+            )
         } else {
             (kind, summary)
         };
@@ -182,5 +230,8 @@ impl JobSnapshot {
 /// Stop reasons mfbatch and users give; Batch passes them through as `statusReason`.
 fn is_user_stop(reason: &str) -> bool {
     let lower = reason.to_ascii_lowercase();
-    lower.contains("mfbatch") || lower.contains("terminated by") || lower.contains("cancelled by") || lower.contains("user")
+    lower.contains("mfbatch")
+        || lower.contains("terminated by")
+        || lower.contains("cancelled by")
+        || lower.contains("user")
 }

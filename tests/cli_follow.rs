@@ -1,0 +1,291 @@
+//! `mfbatch run` following its job, `logs`, `status` and `kill`, run as a user runs them (the
+//! real binary, a temporary HOME, the fake AWS): stdout is the job's output alone, the exit code
+//! is the job's, and Ctrl-C terminates the job it submitted.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::cli::Cli;
+use support::{AttemptEnd, FakeAws, JobStatus, Timeline};
+
+/// A user's session whose polls and log drain are fast enough for tests.
+fn cli(fake: &FakeAws) -> Cli {
+    let mut cli = Cli::new(fake);
+    cli.set_env("MFBATCH_POLL_MIN_MS", "20")
+        .set_env("MFBATCH_DRAIN_QUIET_MS", "150");
+    cli.write("step.py", "print('hello')\n");
+    cli
+}
+
+/// Runs the (blocking) binary without stalling the runtime that serves the fake.
+async fn run(cli: &Cli, args: &[&str]) -> support::cli::Output {
+    tokio::task::block_in_place(|| cli.run(args))
+}
+
+/// Snapshots stderr with the runner's filters plus one for timings.
+fn assert_stderr_snapshot(cli: &Cli, name: &str, stderr: &str) {
+    let mut settings = insta::Settings::clone_current();
+    for (regex, replacement) in cli.filters() {
+        settings.add_filter(&regex, replacement);
+    }
+    settings.add_filter(r"\(after [^)]*\)", "(after [TIME])");
+    settings.bind(|| insta::assert_snapshot!(name, stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_only_the_job_output_and_exits_with_its_code() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(
+        Timeline::new()
+            .status(JobStatus::Runnable, 2)
+            .running(3)
+            .logs(&["hello from the job", "naïve ✓ unicode", ""])
+            .logs_when_done(&["the last line"])
+            .succeeded(),
+    );
+    let cli = cli(&fake);
+    let out = run(&cli, &["run", "step.py", "--cpu", "2"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert_eq!(
+        out.stdout,
+        "hello from the job\nnaïve ✓ unicode\n\nthe last line\n"
+    );
+    assert_stderr_snapshot(&cli, "run_follow_success_stderr", &out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_gives_its_exit_code_and_the_reason() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(
+        Timeline::new()
+            .running(1)
+            .logs(&["Traceback: boom"])
+            .exit(3),
+    );
+    let cli = cli(&fake);
+    let out = run(&cli, &["run", "step.py"]).await;
+    assert_eq!(out.code, Some(3), "{}", out.render());
+    assert_eq!(out.stdout, "Traceback: boom\n");
+    assert!(
+        out.stderr.contains("the step exited with code 3"),
+        "{}",
+        out.stderr
+    );
+
+    fake.script_next_job(Timeline::new().running(1).failed(AttemptEnd::reason(
+        "OutOfMemoryError: Container killed due to memory usage",
+    )));
+    let out = run(&cli, &["run", "step.py"]).await;
+    assert_eq!(out.code, Some(1), "no exit code: 1\n{}", out.render());
+    assert!(out.stderr.contains("out of memory"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("OutOfMemoryError: Container killed due to memory usage"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_one_event_per_line() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(Timeline::new().running(1).logs(&["a", "b"]).succeeded());
+    let cli = cli(&fake);
+    let out = run(&cli, &["run", "step.py", "--output", "json"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"submitted"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"exited"));
+    let logs: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "log")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(logs, ["a", "b"]);
+}
+
+/// Spawns the binary with piped output, for tests that signal it.
+fn spawn(cli: &Cli, fake: &FakeAws, args: &[&str]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mfbatch"));
+    command
+        .args(args)
+        .current_dir(cli.work())
+        .env_clear()
+        .envs(fake.cli_env(cli.home()))
+        .env("MFBATCH_POLL_MIN_MS", "20")
+        .env("MFBATCH_DRAIN_QUIET_MS", "150")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command.spawn().expect("spawn mfbatch")
+}
+
+/// Reads stderr lines until one contains `needle`; returns them all.
+fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read stderr") == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("never saw {needle:?}; stderr so far:\n{seen}");
+}
+
+fn interrupt(child: &Child) {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mfbatch did not exit within {limit:?} of the interrupt");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_terminates_the_submitted_job_and_exits_130() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(
+        Timeline::new()
+            .running(1_000_000)
+            .logs(&["working"])
+            .succeeded(),
+    );
+    let cli = cli(&fake);
+    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
+    interrupt(&child);
+    let code =
+        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
+    let job_id = fake.jobs()[0].id.clone();
+    let terminated = fake.requests("TerminateJob");
+    assert_eq!(terminated.len(), 1, "stderr:\n{seen}{rest}");
+    assert_eq!(terminated[0]["jobId"], job_id.as_str());
+    assert!(rest.contains("Stopping job"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_logs_leaves_the_job_running() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(
+        Timeline::new()
+            .running(1_000_000)
+            .logs(&["working"])
+            .succeeded(),
+    );
+    let cli = cli(&fake);
+    let out = run(&cli, &["run", "step.py", "--detach"]).await;
+    let job_id = out.stdout.trim().to_owned();
+    let mut child = spawn(&cli, &fake, &["logs", &job_id]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    tokio::task::block_in_place(|| read_until(&mut stdout, "working"));
+    interrupt(&child);
+    let code =
+        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
+    assert_eq!(code, Some(130));
+    assert_eq!(fake.calls("TerminateJob") + fake.calls("CancelJob"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_status_and_kill_work_on_earlier_jobs() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(Timeline::new().running(1).logs(&["one", "two"]).succeeded());
+    fake.script_next_job(Timeline::new().running(1).logs(&["three"]).exit(4));
+    fake.script_next_job(
+        Timeline::new()
+            .status(JobStatus::Runnable, 1_000_000)
+            .succeeded(),
+    );
+    let cli = cli(&fake);
+    let a = run(&cli, &["run", "step.py", "--detach", "--name", "alpha"])
+        .await
+        .stdout
+        .trim()
+        .to_owned();
+    let b = run(&cli, &["run", "step.py", "--detach", "--name", "beta"])
+        .await
+        .stdout
+        .trim()
+        .to_owned();
+    let c = run(&cli, &["run", "step.py", "--detach", "--name", "gamma"])
+        .await
+        .stdout
+        .trim()
+        .to_owned();
+
+    let out = run(&cli, &["logs", &a]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "one\ntwo\n"),
+        "{}",
+        out.render()
+    );
+
+    let out = run(&cli, &["logs", &a, &b]).await;
+    assert_eq!(out.code, Some(4), "the failed job's code: {}", out.render());
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["alpha | one", "alpha | two", "beta | three"]);
+
+    let out = run(&cli, &["status", &a, &b, &c]).await;
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(
+        out.stdout.contains(&format!("{a}  SUCCEEDED")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("{b}  FAILED")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("exited with code 4"), "{}", out.stdout);
+
+    let out = run(&cli, &["kill", &c, "--reason", "not needed"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let cancels = fake.requests("CancelJob");
+    assert_eq!(cancels.len(), 1, "a RUNNABLE job is cancelled");
+    assert_eq!(cancels[0]["reason"], "not needed");
+
+    let out = run(&cli, &["status", "no-such-job"]).await;
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("no-such-job was not found"),
+        "{}",
+        out.stderr
+    );
+}
