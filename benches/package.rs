@@ -51,10 +51,25 @@ fn main() {
     let (ours, tar) = (median(&mut ours), median(&mut tar));
     let input = (mb * 1024 * 1024) as f64 / 1e6;
     println!("tree: {files} files, {mb} MiB; runs: {runs} (median)");
-    println!("mfbatch package: {:>8.1} ms  {:>6.1} MB/s  -> {:.1} MiB", ms(ours), input / ours.as_secs_f64(), size as f64 / 1048576.0);
-    println!("tar czf:         {:>8.1} ms  {:>6.1} MB/s", ms(tar), input / tar.as_secs_f64());
-    println!("ratio (mfbatch / tar czf time): {:.2}", ours.as_secs_f64() / tar.as_secs_f64());
-    println!("peak RSS of the process: {} KiB before packaging, {} KiB after", rss_before, rss_after);
+    println!(
+        "mfbatch package: {:>8.1} ms  {:>6.1} MB/s  -> {:.1} MiB",
+        ms(ours),
+        input / ours.as_secs_f64(),
+        size as f64 / 1048576.0
+    );
+    println!(
+        "tar czf:         {:>8.1} ms  {:>6.1} MB/s",
+        ms(tar),
+        input / tar.as_secs_f64()
+    );
+    println!(
+        "ratio (mfbatch / tar czf time): {:.2}",
+        ours.as_secs_f64() / tar.as_secs_f64()
+    );
+    println!(
+        "peak RSS of the process: {} KiB before packaging, {} KiB after",
+        rss_before, rss_after
+    );
 }
 
 /// Python-like sources: half compressible text, half random bytes, spread over nested dirs.
@@ -66,7 +81,14 @@ fn generate_tree(root: &Path, files: usize, total_bytes: usize) {
         std::fs::create_dir_all(&dir).unwrap();
         let mut body = Vec::with_capacity(per_file);
         while body.len() < per_file / 2 {
-            body.extend_from_slice(format!("def f_{i}_{}(x):\n    return x * {}\n", body.len(), rng.u32(..)).as_bytes());
+            body.extend_from_slice(
+                format!(
+                    "def f_{i}_{}(x):\n    return x * {}\n",
+                    body.len(),
+                    rng.u32(..)
+                )
+                .as_bytes(),
+            );
         }
         while body.len() < per_file {
             body.push(rng.u8(..));

@@ -61,6 +61,7 @@ impl LaunchError {
         matches!(
             self,
             LaunchError::Config(_)
+                | LaunchError::Package(PackageError::ScriptExcluded { .. })
                 | LaunchError::QueueNotFound { .. }
                 | LaunchError::QueueDisabled { .. }
         )

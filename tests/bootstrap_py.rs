@@ -8,7 +8,15 @@ fn bootstrap_python_tests_pass() {
     let root = env!("CARGO_MANIFEST_DIR");
     let python = std::env::var("MFBATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let output = Command::new(&python)
-        .args(["-m", "unittest", "discover", "-s", "src/bootstrap", "-p", "test_*.py"])
+        .args([
+            "-m",
+            "unittest",
+            "discover",
+            "-s",
+            "src/bootstrap",
+            "-p",
+            "test_*.py",
+        ])
         .current_dir(root)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
@@ -18,7 +26,13 @@ fn bootstrap_python_tests_pass() {
     // unittest reports "Ran N tests"; zero would mean discovery silently found nothing.
     let ran = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("Ran ")?.split_whitespace().next()?.parse::<u32>().ok())
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_whitespace()
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
         .unwrap_or(0);
     assert!(ran > 0, "no bootstrap test ran:\n{stderr}");
 }

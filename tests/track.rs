@@ -36,7 +36,11 @@ async fn submit(fake: &FakeAws, timelines: Vec<Timeline>) -> Vec<String> {
         .register_job_definition()
         .job_definition_name("mfbatch-test")
         .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
-        .container_properties(aws_sdk_batch::types::ContainerProperties::builder().image("python:3.11").build())
+        .container_properties(
+            aws_sdk_batch::types::ContainerProperties::builder()
+                .image("python:3.11")
+                .build(),
+        )
         .send()
         .await
         .expect("register");
@@ -58,7 +62,15 @@ async fn submit(fake: &FakeAws, timelines: Vec<Timeline>) -> Vec<String> {
 }
 
 /// Follows one job to the end, collecting its log messages and status sequence.
-async fn follow_one(fake: &FakeAws, id: &str) -> (Vec<String>, Vec<JobStatus>, mfbatch::event::Outcome, Vec<usize>) {
+async fn follow_one(
+    fake: &FakeAws,
+    id: &str,
+) -> (
+    Vec<String>,
+    Vec<JobStatus>,
+    mfbatch::event::Outcome,
+    Vec<usize>,
+) {
     let tracker = Tracker::new(&fake.clients(), fast_config());
     let mut handle = tracker.follow(FollowRequest::new(id));
     let (mut lines, mut statuses, mut attempts) = (Vec::new(), Vec::new(), Vec::new());
@@ -67,7 +79,9 @@ async fn follow_one(fake: &FakeAws, id: &str) -> (Vec<String>, Vec<JobStatus>, m
         .expect("events keep coming")
     {
         match event {
-            Event::Log { message, attempt, .. } => {
+            Event::Log {
+                message, attempt, ..
+            } => {
                 lines.push(message);
                 attempts.push(attempt);
             }
@@ -117,14 +131,21 @@ async fn throttling_and_server_errors_lose_and_repeat_nothing() {
     fake.set_empty_log_page_every(4);
     fake.set_random_faults(0.30, 0.05, &["GetLogEvents", "DescribeJobs"]);
     let expected = numbered(20_000, "x");
-    let timeline = Timeline::new().running(6).logs(&refs(&expected)).succeeded();
+    let timeline = Timeline::new()
+        .running(6)
+        .logs(&refs(&expected))
+        .succeeded();
     let ids = submit(&fake, vec![timeline]).await;
     let (lines, _, outcome, _) = follow_one(&fake, &ids[0]).await;
     assert_eq!(lines.len(), expected.len());
     assert!(lines == expected, "lines differ under faults");
     assert!(outcome.succeeded());
     // The faults really happened: more GetLogEvents calls than the 40 pages of data need.
-    assert!(fake.calls("GetLogEvents") > 45, "calls: {}", fake.calls("GetLogEvents"));
+    assert!(
+        fake.calls("GetLogEvents") > 45,
+        "calls: {}",
+        fake.calls("GetLogEvents")
+    );
 }
 
 #[tokio::test]
@@ -149,7 +170,9 @@ async fn every_attempt_has_its_stream_followed() {
     let timeline = Timeline::new()
         .running(2)
         .logs(&["attempt one"])
-        .attempt_failed(AttemptEnd::exit(137).status_reason("Host EC2 (instance i-0abc) terminated."))
+        .attempt_failed(
+            AttemptEnd::exit(137).status_reason("Host EC2 (instance i-0abc) terminated."),
+        )
         .status(JobStatus::Runnable, 1)
         .running(2)
         .logs(&["attempt two"])
@@ -167,14 +190,15 @@ async fn failures_are_explained() {
     let fake = FakeAws::start().await;
     let timelines = vec![
         Timeline::new().running(1).logs(&["boom"]).exit(3),
-        Timeline::new()
-            .running(1)
-            .failed(AttemptEnd::reason("OutOfMemoryError: Container killed due to memory usage")),
+        Timeline::new().running(1).failed(AttemptEnd::reason(
+            "OutOfMemoryError: Container killed due to memory usage",
+        )),
         Timeline::new()
             .running(1)
             .failed(AttemptEnd::exit(1).status_reason("Host EC2 (instance i-123) terminated.")),
         Timeline::new().running(1).exit(121),
-        Timeline::new().failed_without_attempt("CannotPullContainerError: pull access denied for nope"),
+        Timeline::new()
+            .failed_without_attempt("CannotPullContainerError: pull access denied for nope"),
     ];
     let ids = submit(&fake, timelines).await;
     let expected = [
@@ -198,11 +222,19 @@ async fn many_jobs_share_batched_describe_calls() {
     let fake = FakeAws::start().await;
     let jobs = 250;
     let timelines = (0..jobs)
-        .map(|i| Timeline::each_status_for(2).running(1).logs(&[&format!("job {i}")]).succeeded())
+        .map(|i| {
+            Timeline::each_status_for(2)
+                .running(1)
+                .logs(&[&format!("job {i}")])
+                .succeeded()
+        })
         .collect();
     let ids = submit(&fake, timelines).await;
     let tracker = Tracker::new(&fake.clients(), fast_config());
-    let handles: Vec<_> = ids.iter().map(|id| tracker.follow(FollowRequest::new(id.clone()))).collect();
+    let handles: Vec<_> = ids
+        .iter()
+        .map(|id| tracker.follow(FollowRequest::new(id.clone())))
+        .collect();
     for handle in handles {
         let outcome = tokio::time::timeout(Duration::from_secs(60), handle.wait())
             .await
@@ -211,12 +243,26 @@ async fn many_jobs_share_batched_describe_calls() {
         assert!(outcome.succeeded());
     }
     let describes = fake.requests("DescribeJobs");
-    let sizes: Vec<usize> = describes.iter().map(|b| b["jobs"].as_array().map_or(0, Vec::len)).collect();
-    assert!(sizes.iter().all(|&n| n <= 100), "a call carried more than 100 ids");
-    assert_eq!(sizes.iter().copied().max(), Some(100), "no call was filled: {sizes:?}");
+    let sizes: Vec<usize> = describes
+        .iter()
+        .map(|b| b["jobs"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert!(
+        sizes.iter().all(|&n| n <= 100),
+        "a call carried more than 100 ids"
+    );
+    assert_eq!(
+        sizes.iter().copied().max(),
+        Some(100),
+        "no call was filled: {sizes:?}"
+    );
     // Each job needs about 9 polls to pass its 9 describes; one call per job per poll would be
     // over 2,000 calls.
-    assert!(describes.len() < 250, "{} DescribeJobs calls for {jobs} jobs", describes.len());
+    assert!(
+        describes.len() < 250,
+        "{} DescribeJobs calls for {jobs} jobs",
+        describes.len()
+    );
 }
 
 #[tokio::test]
@@ -239,7 +285,11 @@ async fn stopping_a_job_terminates_it_with_the_reason() {
     assert_eq!(terminate.len(), 1);
     assert_eq!(terminate[0]["jobId"], ids[0].as_str());
     assert_eq!(terminate[0]["reason"], "stopped by the test");
-    assert_eq!(fake.calls("CancelJob"), 0, "a running job is terminated, not cancelled");
+    assert_eq!(
+        fake.calls("CancelJob"),
+        0,
+        "a running job is terminated, not cancelled"
+    );
 }
 
 #[tokio::test]
@@ -250,6 +300,12 @@ async fn an_unknown_job_is_an_error_after_the_grace_period() {
         ..fast_config()
     };
     let tracker = Tracker::new(&fake.clients(), config);
-    let result = tracker.follow(FollowRequest::new("no-such-job")).wait().await;
-    assert!(matches!(result, Err(mfbatch::track::TrackError::NotFound { .. })), "{result:?}");
+    let result = tracker
+        .follow(FollowRequest::new("no-such-job"))
+        .wait()
+        .await;
+    assert!(
+        matches!(result, Err(mfbatch::track::TrackError::NotFound { .. })),
+        "{result:?}"
+    );
 }

@@ -25,8 +25,14 @@ pub struct Output {
 impl Output {
     /// Exit code, stdout and stderr as one text, for a snapshot.
     pub fn render(&self) -> String {
-        let code = self.code.map(|c| c.to_string()).unwrap_or_else(|| "killed".into());
-        format!("exit code: {code}\n----- stdout -----\n{}----- stderr -----\n{}", self.stdout, self.stderr)
+        let code = self
+            .code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "killed".into());
+        format!(
+            "exit code: {code}\n----- stdout -----\n{}----- stderr -----\n{}",
+            self.stdout, self.stderr
+        )
     }
 }
 
@@ -40,8 +46,14 @@ pub struct Cli {
 impl Cli {
     /// A fresh HOME and working directory, with [`FakeAws::cli_env`] as the environment.
     pub fn new(fake: &FakeAws) -> Self {
-        let home = tempfile::Builder::new().prefix("mfbatch-home-").tempdir().expect("temp HOME");
-        let work = tempfile::Builder::new().prefix("mfbatch-work-").tempdir().expect("temp work dir");
+        let home = tempfile::Builder::new()
+            .prefix("mfbatch-home-")
+            .tempdir()
+            .expect("temp HOME");
+        let work = tempfile::Builder::new()
+            .prefix("mfbatch-work-")
+            .tempdir()
+            .expect("temp work dir");
         let env = fake.cli_env(home.path()).into_iter().collect();
         Cli { home, work, env }
     }
@@ -128,7 +140,10 @@ impl Cli {
         }
         for (regex, replacement) in [
             (r"127\.0\.0\.1:\d+", "[FAKE]"),
-            (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "[JOB_ID]"),
+            (
+                r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                "[JOB_ID]",
+            ),
             (r"[0-9a-f]{64}", "[SHA256]"),
             (r"mfbatch-[0-9a-f]{16}", "mfbatch-[DEFHASH]"),
             (r"sha256 [0-9a-f]{12}", "sha256 [SHA256_12]"),

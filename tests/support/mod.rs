@@ -23,7 +23,10 @@ pub fn write_file(root: &Path, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf
 /// Lowercase hex SHA-256, computed independently of the code under test.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `n` bytes that gzip cannot shrink, the same for the same seed.

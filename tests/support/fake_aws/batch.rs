@@ -71,6 +71,10 @@ enum PendingRelease {
 /// A job's scripted life: its statuses, how long each lasts (in DescribeJobs calls that include
 /// the job), its attempts, their logs and how they end.
 ///
+/// The first phase starts at SubmitJob; each later one starts at the DescribeJobs call that first
+/// shows it (a RUNNING phase's stream and lines exist from then on; lines held "until done"
+/// appear with the call that first shows the job ended).
+///
 /// ```ignore
 /// Timeline::new()
 ///     .status(JobStatus::Runnable, 3)
@@ -150,16 +154,20 @@ impl Timeline {
     /// Lines of the last attempt that show up only once the job has ended (CloudWatch lag).
     pub fn logs_when_done(mut self, lines: &[&str]) -> Self {
         let phase = self.last_running();
-        phase.pending.push((PendingRelease::JobDone, lines.iter().map(|l| (*l).to_owned()).collect()));
+        phase.pending.push((
+            PendingRelease::JobDone,
+            lines.iter().map(|l| (*l).to_owned()).collect(),
+        ));
         self
     }
 
     /// Lines of the last attempt that show up after `reads` GetLogEvents calls on its stream.
     pub fn logs_after_reads(mut self, reads: usize, lines: &[&str]) -> Self {
         let phase = self.last_running();
-        phase
-            .pending
-            .push((PendingRelease::AfterReads(reads), lines.iter().map(|l| (*l).to_owned()).collect()));
+        phase.pending.push((
+            PendingRelease::AfterReads(reads),
+            lines.iter().map(|l| (*l).to_owned()).collect(),
+        ));
         self
     }
 
@@ -349,7 +357,11 @@ impl Job {
             status_reason: self.status_reason.clone(),
             submit: self.submit.clone(),
             attempts: self.attempts.len(),
-            log_streams: self.attempts.iter().filter_map(|a| a.stream.clone()).collect(),
+            log_streams: self
+                .attempts
+                .iter()
+                .filter_map(|a| a.stream.clone())
+                .collect(),
         }
     }
 
@@ -373,13 +385,21 @@ impl Job {
             .collect();
         let props = &self.definition["containerProperties"];
         let overrides = &self.submit["containerOverrides"];
-        let mut environment: Vec<Value> = props["environment"].as_array().cloned().unwrap_or_default();
+        let mut environment: Vec<Value> =
+            props["environment"].as_array().cloned().unwrap_or_default();
         for kv in overrides["environment"].as_array().into_iter().flatten() {
             environment.retain(|e| e["name"] != kv["name"]);
             environment.push(kv.clone());
         }
-        let mut resources: Vec<Value> = props["resourceRequirements"].as_array().cloned().unwrap_or_default();
-        for r in overrides["resourceRequirements"].as_array().into_iter().flatten() {
+        let mut resources: Vec<Value> = props["resourceRequirements"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for r in overrides["resourceRequirements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             resources.retain(|e| e["type"] != r["type"]);
             resources.push(r.clone());
         }
@@ -501,7 +521,10 @@ pub(super) fn operation(req: &Request) -> (String, Value) {
         "listjobs" => "ListJobs",
         other => return (format!("Batch:{other}"), Value::Null),
     };
-    (op.to_owned(), serde_json::from_slice(&req.body).unwrap_or(Value::Null))
+    (
+        op.to_owned(),
+        serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+    )
 }
 
 /// A Batch error: the code in `x-amzn-ErrorType`, the message in the JSON body.
@@ -515,7 +538,10 @@ pub(super) fn error(status: u16, code: &str, message: &str) -> ResponseTemplate 
 }
 
 fn ok(body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_raw(serde_json::to_vec(&body).expect("serializes"), "application/json")
+    ResponseTemplate::new(200).set_body_raw(
+        serde_json::to_vec(&body).expect("serializes"),
+        "application/json",
+    )
 }
 
 fn client_error(message: &str) -> ResponseTemplate {
@@ -524,7 +550,11 @@ fn client_error(message: &str) -> ResponseTemplate {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -533,7 +563,9 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl State {
@@ -564,7 +596,9 @@ impl State {
     }
 
     fn queue(&self, name_or_arn: &str) -> Option<&Queue> {
-        self.queues.values().find(|q| q.name == name_or_arn || q.arn == name_or_arn)
+        self.queues
+            .values()
+            .find(|q| q.name == name_or_arn || q.arn == name_or_arn)
     }
 
     /// A definition by ARN, `name:revision` or name (latest ACTIVE revision).
@@ -576,7 +610,9 @@ impl State {
             Some((name, rev)) => {
                 let rev: i32 = rev.parse().ok()?;
                 let (name, revs) = self.definitions.get_key_value(name)?;
-                revs.iter().find(|d| d.revision == rev).map(|d| (name.as_str(), d))
+                revs.iter()
+                    .find(|d| d.revision == rev)
+                    .map(|d| (name.as_str(), d))
             }
             None => {
                 let (name, revs) = self.definitions.get_key_value(short)?;
@@ -599,7 +635,11 @@ impl State {
             "TerminateJob" => self.stop_job(body, false),
             "CancelJob" => self.stop_job(body, true),
             "ListJobs" => self.list_jobs(body),
-            other => error(404, "UnknownOperationException", &format!("the fake does not implement {other}")),
+            other => error(
+                404,
+                "UnknownOperationException",
+                &format!("the fake does not implement {other}"),
+            ),
         }
     }
 
@@ -642,7 +682,9 @@ impl State {
                     resources["minvCpus"] = json!(0);
                     resources["desiredvCpus"] = json!(0);
                     resources["instanceTypes"] = json!(["optimal"]);
-                    resources["instanceRole"] = json!(format!("arn:aws:iam::{ACCOUNT}:instance-profile/ecsInstanceRole"));
+                    resources["instanceRole"] = json!(format!(
+                        "arn:aws:iam::{ACCOUNT}:instance-profile/ecsInstanceRole"
+                    ));
                 }
                 json!({
                     "computeEnvironmentName": c.name,
@@ -719,7 +761,8 @@ impl State {
         let Some((def_name, def)) = self.definition(def_ref) else {
             return client_error(&format!("Job definition {def_ref} not found"));
         };
-        let (def_name, def_arn, def_body) = (def_name.to_owned(), def.arn.clone(), def.body.clone());
+        let (def_name, def_arn, def_body) =
+            (def_name.to_owned(), def.arn.clone(), def.body.clone());
         let timeline = self
             .scripted
             .pop_front()
@@ -785,7 +828,9 @@ impl State {
             }
             if job.status_reason.is_none() {
                 job.status_reason = Some(match job.attempts.last() {
-                    Some(a) if a.end.status_reason.is_some() => a.end.status_reason.clone().expect("checked"),
+                    Some(a) if a.end.status_reason.is_some() => {
+                        a.end.status_reason.clone().expect("checked")
+                    }
                     Some(_) => "Essential container in task exited".into(),
                     None => "Job failed".into(),
                 });
@@ -797,7 +842,9 @@ impl State {
         }
         if let Some(attempt) = job.open_attempt() {
             // Leaving a RUNNING phase for another phase: this attempt is over (a retry follows).
-            attempt.end = leaving.and_then(|p| p.end).unwrap_or_else(|| AttemptEnd::exit(0));
+            attempt.end = leaving
+                .and_then(|p| p.end)
+                .unwrap_or_else(|| AttemptEnd::exit(0));
             attempt.stopped_at = Some(now);
         }
         if phase.status == JobStatus::Running {
@@ -811,7 +858,11 @@ impl State {
                 stopped_at: None,
                 end: AttemptEnd::default(),
             });
-            let events: Vec<(i64, String)> = phase.logs.iter().map(|l| (self.next_log_ms(), l.clone())).collect();
+            let events: Vec<(i64, String)> = phase
+                .logs
+                .iter()
+                .map(|l| (self.next_log_ms(), l.clone()))
+                .collect();
             let log_stream = self.stream_mut(BATCH_LOG_GROUP, &stream);
             log_stream.events.extend(events);
             log_stream.missing_reads = phase.stream_missing_reads;
@@ -830,9 +881,17 @@ impl State {
 
     /// Makes the lines held until this job ended visible.
     fn release_job_logs(&mut self, id: &str) {
-        let streams: Vec<String> = self.jobs[id].attempts.iter().filter_map(|a| a.stream.clone()).collect();
+        let streams: Vec<String> = self.jobs[id]
+            .attempts
+            .iter()
+            .filter_map(|a| a.stream.clone())
+            .collect();
         for stream in streams {
-            self.release(BATCH_LOG_GROUP, &stream, |r| matches!(r, Release::JobDone(j) if j == id));
+            self.release(
+                BATCH_LOG_GROUP,
+                &stream,
+                |r| matches!(r, Release::JobDone(j) if j == id),
+            );
         }
     }
 
@@ -843,17 +902,25 @@ impl State {
         }
         let mut out = Vec::new();
         for id in ids {
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             if job.hidden_for > 0 {
                 job.hidden_for -= 1;
                 continue;
             }
-            out.push(job.detail());
-            job.seen += 1;
+            // A phase change happens at the call that first shows it, so its effects (a new
+            // attempt's stream, lines held until the end) appear exactly when the client sees it.
             let next = job.phase + 1;
-            if !job.status.is_terminal() && next < job.phases.len() && job.seen >= job.phases[job.phase].describes {
+            if !job.status.is_terminal()
+                && next < job.phases.len()
+                && job.seen >= job.phases[job.phase].describes
+            {
                 self.enter_phase(&id, next);
             }
+            let job = self.jobs.get_mut(&id).expect("still there");
+            out.push(job.detail());
+            job.seen += 1;
         }
         ok(json!({ "jobs": out }))
     }
@@ -868,7 +935,10 @@ impl State {
         let Some(job) = self.jobs.get_mut(id) else {
             return client_error(&format!("Job {id} not found"));
         };
-        let cancellable = matches!(job.status, JobStatus::Submitted | JobStatus::Pending | JobStatus::Runnable);
+        let cancellable = matches!(
+            job.status,
+            JobStatus::Submitted | JobStatus::Pending | JobStatus::Runnable
+        );
         if job.status.is_terminal() || (cancel && !cancellable) {
             return ok(json!({}));
         }
@@ -892,10 +962,16 @@ impl State {
     }
 
     fn list_jobs(&self, body: &Value) -> ResponseTemplate {
-        let queue = body["jobQueue"].as_str().and_then(|q| self.queue(q)).map(|q| q.arn.clone());
+        let queue = body["jobQueue"]
+            .as_str()
+            .and_then(|q| self.queue(q))
+            .map(|q| q.arn.clone());
         let filters = body["filters"].as_array().cloned().unwrap_or_default();
         let status = body["jobStatus"].as_str().unwrap_or("RUNNING");
-        let start: usize = body["nextToken"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let start: usize = body["nextToken"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
         let max = body["maxResults"].as_u64().unwrap_or(100).clamp(1, 1000) as usize;
         let matching: Vec<&Job> = self
             .job_order
@@ -922,7 +998,12 @@ impl State {
                 })
             })
             .collect();
-        let page: Vec<Value> = matching.iter().skip(start).take(max).map(|j| j.summary()).collect();
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(max)
+            .map(|j| j.summary())
+            .collect();
         let mut out = json!({ "jobSummaryList": page });
         if start + max < matching.len() {
             out["nextToken"] = json!((start + max).to_string());

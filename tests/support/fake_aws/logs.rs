@@ -46,7 +46,10 @@ pub(super) fn operation(req: &Request) -> (String, Value) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let op = target.strip_prefix("Logs_20140328.").unwrap_or(target);
-    (op.to_owned(), serde_json::from_slice(&req.body).unwrap_or(Value::Null))
+    (
+        op.to_owned(),
+        serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+    )
 }
 
 /// A Logs error: HTTP status and `{"__type": code, "message": ...}`.
@@ -58,11 +61,16 @@ pub(super) fn error(status: u16, code: &str, message: &str) -> ResponseTemplate 
 }
 
 fn ok(body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_raw(serde_json::to_vec(&body).expect("serializes"), CONTENT_TYPE)
+    ResponseTemplate::new(200)
+        .set_body_raw(serde_json::to_vec(&body).expect("serializes"), CONTENT_TYPE)
 }
 
 fn not_found(what: &str) -> ResponseTemplate {
-    error(400, "ResourceNotFoundException", &format!("The specified {what} does not exist."))
+    error(
+        400,
+        "ResourceNotFoundException",
+        &format!("The specified {what} does not exist."),
+    )
 }
 
 fn invalid(message: &str) -> ResponseTemplate {
@@ -83,7 +91,11 @@ fn parse_token(token: &str) -> Option<(char, u64, usize)> {
     if digits.len() != 56 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((direction, digits[..16].parse().ok()?, digits[16..].parse().ok()?))
+    Some((
+        direction,
+        digits[..16].parse().ok()?,
+        digits[16..].parse().ok()?,
+    ))
 }
 
 impl State {
@@ -99,14 +111,25 @@ impl State {
     }
 
     /// Makes pending lines whose release matches visible, timestamped now.
-    pub(super) fn release(&mut self, group: &str, stream: &str, matches: impl Fn(&Release) -> bool) {
-        let Some(s) = self.log_groups.get_mut(group).and_then(|g| g.get_mut(stream)) else {
+    pub(super) fn release(
+        &mut self,
+        group: &str,
+        stream: &str,
+        matches: impl Fn(&Release) -> bool,
+    ) {
+        let Some(s) = self
+            .log_groups
+            .get_mut(group)
+            .and_then(|g| g.get_mut(stream))
+        else {
             return;
         };
-        let (due, kept): (Vec<Pending>, Vec<Pending>) = s.pending.drain(..).partition(|p| matches(&p.release));
+        let (due, kept): (Vec<Pending>, Vec<Pending>) =
+            s.pending.drain(..).partition(|p| matches(&p.release));
         s.pending = kept;
         let lines: Vec<String> = due.into_iter().flat_map(|p| p.lines).collect();
-        let events: Vec<(i64, String)> = lines.into_iter().map(|l| (self.next_log_ms(), l)).collect();
+        let events: Vec<(i64, String)> =
+            lines.into_iter().map(|l| (self.next_log_ms(), l)).collect();
         self.stream_mut(group, stream).events.extend(events);
     }
 
@@ -114,7 +137,11 @@ impl State {
         match op {
             "GetLogEvents" => self.get_log_events(body),
             "DescribeLogStreams" => self.describe_log_streams(body),
-            other => error(400, "UnknownOperationException", &format!("the fake does not implement {other}")),
+            other => error(
+                400,
+                "UnknownOperationException",
+                &format!("the fake does not implement {other}"),
+            ),
         }
     }
 
@@ -124,7 +151,10 @@ impl State {
             .or_else(|| body["logGroupIdentifier"].as_str())
             .unwrap_or_default()
             .to_owned();
-        let name = body["logStreamName"].as_str().unwrap_or_default().to_owned();
+        let name = body["logStreamName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let limit = match body["limit"].as_i64() {
             None => 10_000,
             Some(n) if (1..=10_000).contains(&n) => n as usize,
@@ -142,7 +172,11 @@ impl State {
         let start_from_head = body["startFromHead"].as_bool().unwrap_or(false);
         let (start_time, end_time) = (body["startTime"].as_i64(), body["endTime"].as_i64());
 
-        match self.log_groups.get_mut(&group).and_then(|g| g.get_mut(&name)) {
+        match self
+            .log_groups
+            .get_mut(&group)
+            .and_then(|g| g.get_mut(&name))
+        {
             None => return not_found("log stream"),
             Some(s) if s.missing_reads > 0 => {
                 s.missing_reads -= 1;
@@ -151,7 +185,11 @@ impl State {
             Some(_) => {}
         }
         let reads = self.log_groups[&group][&name].reads;
-        self.release(&group, &name, |r| matches!(r, Release::AfterReads(n) if reads >= *n));
+        self.release(
+            &group,
+            &name,
+            |r| matches!(r, Release::AfterReads(n) if reads >= *n),
+        );
         let empty_every = self.empty_log_page_every;
         let stream = self.stream_mut(&group, &name);
         stream.reads += 1;
@@ -181,7 +219,7 @@ impl State {
         let forward_read = direction == 'f' && parsed.is_some();
         if forward_read && had_data && empty_every > 0 {
             self.forward_data_reads += 1;
-            if self.forward_data_reads % empty_every == 0 {
+            if self.forward_data_reads.is_multiple_of(empty_every) {
                 // An empty page although data remains: a new token for the same position.
                 return ok(json!({
                     "events": [],
@@ -192,13 +230,17 @@ impl State {
         }
         let (next_forward, next_backward) = match direction {
             'f' if !had_data => (
-                sent_token.clone().unwrap_or_else(|| token('f', salt, position)),
+                sent_token
+                    .clone()
+                    .unwrap_or_else(|| token('f', salt, position)),
                 token('b', salt, position),
             ),
             'f' => (token('f', 0, to), token('b', 0, from)),
             _ if !had_data => (
                 token('f', salt, position),
-                sent_token.clone().unwrap_or_else(|| token('b', salt, position)),
+                sent_token
+                    .clone()
+                    .unwrap_or_else(|| token('b', salt, position)),
             ),
             _ => (token('f', 0, to), token('b', 0, from)),
         };
@@ -219,7 +261,10 @@ impl State {
         };
         let prefix = body["logStreamNamePrefix"].as_str().unwrap_or_default();
         let limit = body["limit"].as_u64().unwrap_or(50).clamp(1, 50) as usize;
-        let start: usize = body["nextToken"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let start: usize = body["nextToken"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
         let mut matching: Vec<(&String, &LogStream)> = streams
             .iter()
             .filter(|(name, s)| name.starts_with(prefix) && s.missing_reads == 0)

@@ -134,7 +134,7 @@ impl State {
             scripted_faults: Vec::new(),
             random_faults: None,
             fault_rng: fastrand::Rng::with_seed(seed),
-            id_rng: fastrand::Rng::with_seed(seed ^ 0x5eed_1d5),
+            id_rng: fastrand::Rng::with_seed(seed ^ 0x05ee_d1d5),
             calls: Vec::new(),
         };
         state.add_queue(QueueSpec::new(QUEUE).compute_environment("test-ce", "EC2", 256));
@@ -156,7 +156,14 @@ impl State {
 
     fn uuid(&mut self) -> String {
         let h = self.hex_id(32);
-        format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+        format!(
+            "{}-{}-4{}-a{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            &h[17..20],
+            &h[20..32]
+        )
     }
 
     /// The fault to answer this call with, if any; consumes scripted faults.
@@ -242,19 +249,40 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
             Fault::Throttle => batch::error(429, "TooManyRequestsException", "Too Many Requests"),
             Fault::ServerError => batch::error(500, "ServerException", "Internal Server Error"),
             Fault::AccessDenied => batch::error(403, "AccessDeniedException", &denied("batch")),
-            Fault::Custom { status, code, message } => batch::error(*status, code, message),
+            Fault::Custom {
+                status,
+                code,
+                message,
+            } => batch::error(*status, code, message),
         },
         Service::Logs => match fault {
             Fault::Throttle => logs::error(400, "ThrottlingException", "Rate exceeded"),
-            Fault::ServerError => logs::error(500, "ServiceUnavailableException", "The service is unavailable"),
+            Fault::ServerError => logs::error(
+                500,
+                "ServiceUnavailableException",
+                "The service is unavailable",
+            ),
             Fault::AccessDenied => logs::error(400, "AccessDeniedException", &denied("logs")),
-            Fault::Custom { status, code, message } => logs::error(*status, code, message),
+            Fault::Custom {
+                status,
+                code,
+                message,
+            } => logs::error(*status, code, message),
         },
         Service::S3 => match fault {
             Fault::Throttle => s3::error(503, "SlowDown", "Please reduce your request rate.", head),
-            Fault::ServerError => s3::error(500, "InternalError", "We encountered an internal error.", head),
+            Fault::ServerError => s3::error(
+                500,
+                "InternalError",
+                "We encountered an internal error.",
+                head,
+            ),
             Fault::AccessDenied => s3::error(403, "AccessDenied", "Access Denied", head),
-            Fault::Custom { status, code, message } => s3::error(*status, code, message, head),
+            Fault::Custom {
+                status,
+                code,
+                message,
+            } => s3::error(*status, code, message, head),
         },
     }
 }
@@ -269,7 +297,9 @@ impl Respond for Dispatcher {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic in one handler must not hide every later request's answer.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -348,7 +378,10 @@ impl FakeAws {
     /// Appends lines to a log stream (created if missing), timestamped now, 1 ms apart.
     pub fn add_log_lines(&self, group: &str, stream: &str, lines: &[&str]) {
         let mut state = self.state();
-        let events: Vec<(i64, String)> = lines.iter().map(|l| (state.next_log_ms(), (*l).to_owned())).collect();
+        let events: Vec<(i64, String)> = lines
+            .iter()
+            .map(|l| (state.next_log_ms(), (*l).to_owned()))
+            .collect();
         state.stream_mut(group, stream).events.extend(events);
     }
 
@@ -356,11 +389,19 @@ impl FakeAws {
     pub fn add_log_events(&self, group: &str, stream: &str, events: &[(i64, &str)]) {
         let mut state = self.state();
         let stream = state.stream_mut(group, stream);
-        stream.events.extend(events.iter().map(|(t, m)| (*t, (*m).to_owned())));
+        stream
+            .events
+            .extend(events.iter().map(|(t, m)| (*t, (*m).to_owned())));
     }
 
     /// Lines that appear in the stream only after `reads` GetLogEvents calls on it.
-    pub fn add_log_lines_after_reads(&self, group: &str, stream: &str, reads: usize, lines: &[&str]) {
+    pub fn add_log_lines_after_reads(
+        &self,
+        group: &str,
+        stream: &str,
+        reads: usize,
+        lines: &[&str],
+    ) {
         let mut state = self.state();
         state.stream_mut(group, stream).pending.push(logs::Pending {
             release: logs::Release::AfterReads(reads),
@@ -479,14 +520,21 @@ impl FakeAws {
         self.state()
             .definitions
             .iter()
-            .flat_map(|(name, revs)| revs.iter().map(move |d| (name.clone(), d.revision, d.body.clone())))
+            .flat_map(|(name, revs)| {
+                revs.iter()
+                    .map(move |d| (name.clone(), d.revision, d.body.clone()))
+            })
             .collect()
     }
 
     /// Every job, in submission order.
     pub fn jobs(&self) -> Vec<JobView> {
         let state = self.state();
-        state.job_order.iter().map(|id| state.jobs[id].view()).collect()
+        state
+            .job_order
+            .iter()
+            .map(|id| state.jobs[id].view())
+            .collect()
     }
 
     pub fn job(&self, id: &str) -> Option<JobView> {
@@ -541,7 +589,8 @@ impl FakeAws {
 
     /// mfbatch's clients, built from [`FakeAws::sdk_config`].
     pub fn clients(&self) -> Clients {
-        Clients::from_sdk_config(&self.sdk_config(), &ClientOptions::default()).expect("the config has a region")
+        Clients::from_sdk_config(&self.sdk_config(), &ClientOptions::default())
+            .expect("the config has a region")
     }
 
     /// The whole environment of a spawned `mfbatch` (add `PATH` if it needs one): this fake as
@@ -554,8 +603,14 @@ impl FakeAws {
             ("AWS_SECRET_ACCESS_KEY", "fake-secret".into()),
             ("AWS_REGION", REGION.into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
-            ("AWS_CONFIG_FILE", home.join(".aws-none/config").display().to_string()),
-            ("AWS_SHARED_CREDENTIALS_FILE", home.join(".aws-none/credentials").display().to_string()),
+            (
+                "AWS_CONFIG_FILE",
+                home.join(".aws-none/config").display().to_string(),
+            ),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                home.join(".aws-none/credentials").display().to_string(),
+            ),
             ("HOME", home_str),
             ("NO_COLOR", "1".into()),
             ("METAFLOW_DATASTORE_SYSROOT_S3", SYSROOT.into()),
@@ -572,5 +627,7 @@ impl FakeAws {
 
 /// Whether an operation changes state (anything but Describe*, List*, Get*, Head*).
 pub fn is_mutating(op: &str) -> bool {
-    !["Describe", "List", "Get", "Head"].iter().any(|p| op.starts_with(p))
+    !["Describe", "List", "Get", "Head"]
+        .iter()
+        .any(|p| op.starts_with(p))
 }

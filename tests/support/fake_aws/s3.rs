@@ -32,7 +32,11 @@ fn target(req: &Request) -> Target {
     Target {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
-        query: req.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        query: req
+            .url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
     }
 }
 
@@ -112,7 +116,12 @@ fn etag(bytes: &[u8]) -> String {
 
 /// The payload of a request body: plain, or decoded from `aws-chunked`.
 fn payload(req: &Request) -> Result<Vec<u8>, String> {
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
     let chunked = header("content-encoding").contains("aws-chunked")
         || header("x-amz-content-sha256").starts_with("STREAMING-");
     if !chunked {
@@ -121,7 +130,10 @@ fn payload(req: &Request) -> Result<Vec<u8>, String> {
     let decoded = decode_aws_chunked(&req.body)?;
     if let Ok(expected) = header("x-amz-decoded-content-length").parse::<usize>() {
         if expected != decoded.len() {
-            return Err(format!("decoded {} bytes, header says {expected}", decoded.len()));
+            return Err(format!(
+                "decoded {} bytes, header says {expected}",
+                decoded.len()
+            ));
         }
     }
     Ok(decoded)
@@ -138,7 +150,8 @@ fn decode_aws_chunked(body: &[u8]) -> Result<Vec<u8>, String> {
             .ok_or("chunk header without CRLF")?;
         let line = std::str::from_utf8(&rest[..line_end]).map_err(|e| e.to_string())?;
         let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
         rest = &rest[line_end + 2..];
         if size == 0 {
             return Ok(out);
@@ -156,7 +169,11 @@ fn completed_parts(body: &str) -> Vec<(i32, String)> {
     let field = |part: &str, tag: &str| -> Option<String> {
         let start = part.find(&format!("<{tag}>"))? + tag.len() + 2;
         let end = part[start..].find(&format!("</{tag}>"))? + start;
-        Some(part[start..end].replace("&quot;", "\"").replace("&#34;", "\""))
+        Some(
+            part[start..end]
+                .replace("&quot;", "\"")
+                .replace("&#34;", "\""),
+        )
     };
     body.split("<Part>")
         .skip(1)
@@ -172,11 +189,18 @@ impl State {
         let t = target(req);
         let head = op == "HeadObject" || op == "HeadBucket";
         if !self.buckets.contains_key(&t.bucket) {
-            return error(404, "NoSuchBucket", "The specified bucket does not exist", head);
+            return error(
+                404,
+                "NoSuchBucket",
+                "The specified bucket does not exist",
+                head,
+            );
         }
         match op {
             "HeadObject" => match self.buckets[&t.bucket].get(&t.key) {
-                Some(bytes) => ResponseTemplate::new(200).insert_header("etag", etag(bytes).as_str()),
+                Some(bytes) => {
+                    ResponseTemplate::new(200).insert_header("etag", etag(bytes).as_str())
+                }
                 None => error(404, "NotFound", "Not Found", true),
             },
             "GetObject" => match self.buckets[&t.bucket].get(&t.key) {
@@ -190,17 +214,28 @@ impl State {
                     Ok(b) => b,
                     Err(e) => return error(400, "IncompleteBody", &e, false),
                 };
-                let if_none_match = req.headers.get("if-none-match").and_then(|v| v.to_str().ok());
+                let if_none_match = req
+                    .headers
+                    .get("if-none-match")
+                    .and_then(|v| v.to_str().ok());
                 let objects = self.buckets.get_mut(&t.bucket).expect("checked");
                 if if_none_match == Some("*") && objects.contains_key(&t.key) {
-                    return error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold", false);
+                    return error(
+                        412,
+                        "PreconditionFailed",
+                        "At least one of the pre-conditions you specified did not hold",
+                        false,
+                    );
                 }
                 let tag = etag(&bytes);
                 objects.insert(t.key, bytes);
                 ResponseTemplate::new(200).insert_header("etag", tag.as_str())
             }
             "DeleteObject" => {
-                self.buckets.get_mut(&t.bucket).expect("checked").remove(&t.key);
+                self.buckets
+                    .get_mut(&t.bucket)
+                    .expect("checked")
+                    .remove(&t.key);
                 ResponseTemplate::new(204)
             }
             "CreateMultipartUpload" => {
@@ -221,14 +256,30 @@ impl State {
             "UploadPart" => {
                 let number: i32 = match t.query["partNumber"].parse() {
                     Ok(n) if (1..=10_000).contains(&n) => n,
-                    _ => return error(400, "InvalidArgument", "Part number must be an integer between 1 and 10000", false),
+                    _ => {
+                        return error(
+                            400,
+                            "InvalidArgument",
+                            "Part number must be an integer between 1 and 10000",
+                            false,
+                        )
+                    }
                 };
                 let bytes = match payload(req) {
                     Ok(b) => b,
                     Err(e) => return error(400, "IncompleteBody", &e, false),
                 };
-                let Some(upload) = self.uploads.get_mut(&t.query["uploadId"]).filter(|u| u.key == t.key) else {
-                    return error(404, "NoSuchUpload", "The specified upload does not exist.", false);
+                let Some(upload) = self
+                    .uploads
+                    .get_mut(&t.query["uploadId"])
+                    .filter(|u| u.key == t.key)
+                else {
+                    return error(
+                        404,
+                        "NoSuchUpload",
+                        "The specified upload does not exist.",
+                        false,
+                    );
                 };
                 let tag = etag(&bytes);
                 upload.parts.insert(number, (tag.clone(), bytes));
@@ -236,32 +287,69 @@ impl State {
             }
             "CompleteMultipartUpload" => {
                 let id = t.query["uploadId"].clone();
-                let Some(upload) = self.uploads.get(&id).filter(|u| u.key == t.key && u.bucket == t.bucket) else {
-                    return error(404, "NoSuchUpload", "The specified upload does not exist.", false);
+                let Some(upload) = self
+                    .uploads
+                    .get(&id)
+                    .filter(|u| u.key == t.key && u.bucket == t.bucket)
+                else {
+                    return error(
+                        404,
+                        "NoSuchUpload",
+                        "The specified upload does not exist.",
+                        false,
+                    );
                 };
                 let listed = completed_parts(&String::from_utf8_lossy(&req.body));
                 if listed.is_empty() {
-                    return error(400, "MalformedXML", "The XML you provided was not well-formed", false);
+                    return error(
+                        400,
+                        "MalformedXML",
+                        "The XML you provided was not well-formed",
+                        false,
+                    );
                 }
                 if listed.windows(2).any(|w| w[0].0 >= w[1].0) {
-                    return error(400, "InvalidPartOrder", "The list of parts was not in ascending order.", false);
+                    return error(
+                        400,
+                        "InvalidPartOrder",
+                        "The list of parts was not in ascending order.",
+                        false,
+                    );
                 }
                 let mut object = Vec::new();
                 for (i, (number, tag)) in listed.iter().enumerate() {
                     let Some((stored_tag, bytes)) = upload.parts.get(number) else {
-                        return error(400, "InvalidPart", "One or more of the specified parts could not be found.", false);
+                        return error(
+                            400,
+                            "InvalidPart",
+                            "One or more of the specified parts could not be found.",
+                            false,
+                        );
                     };
                     if !tag.is_empty() && tag != stored_tag {
-                        return error(400, "InvalidPart", "The part's entity tag does not match.", false);
+                        return error(
+                            400,
+                            "InvalidPart",
+                            "The part's entity tag does not match.",
+                            false,
+                        );
                     }
                     if i + 1 < listed.len() && bytes.len() < MIN_PART {
-                        return error(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size", false);
+                        return error(
+                            400,
+                            "EntityTooSmall",
+                            "Your proposed upload is smaller than the minimum allowed size",
+                            false,
+                        );
                     }
                     object.extend_from_slice(bytes);
                 }
                 let upload = self.uploads.remove(&id).expect("checked");
                 let tag = etag(&object);
-                self.buckets.get_mut(&upload.bucket).expect("checked").insert(upload.key.clone(), object);
+                self.buckets
+                    .get_mut(&upload.bucket)
+                    .expect("checked")
+                    .insert(upload.key.clone(), object);
                 xml(format!(
                     "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Location>http://fake/{b}/{k}</Location><Bucket>{b}</Bucket><Key>{k}</Key><ETag>{tag}</ETag></CompleteMultipartUploadResult>",
                     b = upload.bucket,
@@ -271,9 +359,19 @@ impl State {
             }
             "AbortMultipartUpload" => match self.uploads.remove(&t.query["uploadId"]) {
                 Some(_) => ResponseTemplate::new(204),
-                None => error(404, "NoSuchUpload", "The specified upload does not exist.", false),
+                None => error(
+                    404,
+                    "NoSuchUpload",
+                    "The specified upload does not exist.",
+                    false,
+                ),
             },
-            other => error(501, "NotImplemented", &format!("the fake does not implement {other}"), head),
+            other => error(
+                501,
+                "NotImplemented",
+                &format!("the fake does not implement {other}"),
+                head,
+            ),
         }
     }
 }

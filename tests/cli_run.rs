@@ -1,0 +1,367 @@
+//! `mfbatch run --detach`, `run --dry-run`, bad input and `mfbatch config`, run as a user runs
+//! them: the real binary, a temporary HOME, the fake AWS; stdout, stderr and the exit code
+//! snapshotted, and the fake asked what the binary did (or did not do) to AWS.
+
+mod support;
+
+use serde_json::Value;
+use support::cli::{Cli, Output};
+use support::*;
+
+/// Snapshots `text` with the runner's filters (port, temp paths, job ids, hashes).
+fn assert_cli_snapshot(cli: &Cli, name: &str, text: &str) {
+    let filters = cli.filters();
+    insta::with_settings!({filters => filters.iter().map(|(r, s)| (r.as_str(), s.as_str()))}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// A user's project: a step and the module it imports.
+fn project(fake: &FakeAws) -> Cli {
+    let cli = Cli::new(fake);
+    cli.write("step.py", "from greeting import greet\nprint(greet())\n");
+    cli.write("greeting.py", "def greet():\n    return 'hello'\n");
+    cli
+}
+
+fn env_of(submit: &Value) -> Vec<(String, String)> {
+    submit["containerOverrides"]["environment"]
+        .as_array()
+        .expect("an environment")
+        .iter()
+        .map(|kv| {
+            (
+                kv["name"].as_str().unwrap().to_owned(),
+                kv["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn has_env(submit: &Value, name: &str, value: &str) -> bool {
+    env_of(submit).contains(&(name.to_owned(), value.to_owned()))
+}
+
+#[tokio::test]
+async fn run_detach_prints_only_the_job_id() {
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    let out = cli.run(&["run", "--detach", "step.py", "--env", "MODE=fast"]);
+
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let jobs = fake.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        out.stdout,
+        format!("{}\n", jobs[0].id),
+        "stdout is the job id alone"
+    );
+    assert_eq!(jobs[0].name, "tester-step");
+    assert!(has_env(&jobs[0].submit, "MFBATCH_SCRIPT", "step.py"));
+    assert!(has_env(&jobs[0].submit, "MODE", "fast"));
+    let mut mutating = fake.mutating_calls();
+    mutating.sort();
+    assert_eq!(
+        mutating,
+        ["PutObject", "RegisterJobDefinition", "SubmitJob"]
+    );
+    assert_eq!(fake.calls("DescribeJobs"), 0, "--detach does not follow");
+    assert_cli_snapshot(&cli, "run_detach", &out.render());
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_plan_and_changes_nothing() {
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    let args = [
+        "run",
+        "--dry-run",
+        "--cpu",
+        "2",
+        "--env",
+        "MODE=fast",
+        "step.py",
+        "--",
+        "--epochs",
+        "3",
+    ];
+    let out = cli.run(&args);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(fake.total_calls() > 0, "the plan reads from AWS");
+    assert!(
+        fake.mutating_calls().is_empty(),
+        "{:?}",
+        fake.mutating_calls()
+    );
+
+    let doc: Value = serde_json::from_str(&out.stdout).expect("stdout is one JSON document");
+    for key in ["package", "queue", "jobDefinition", "submitJob"] {
+        assert!(doc.get(key).is_some(), "no {key} in {doc:#}");
+    }
+    let package = &doc["package"];
+    let files: Vec<&str> = package["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["greeting.py", "step.py"]);
+    assert_eq!(package["alreadyStored"], false);
+    let sha = package["sha256"].as_str().unwrap();
+    assert_eq!(
+        package["url"],
+        format!("s3://{BUCKET}/metaflow/mfbatch/packages/{sha}.tgz")
+    );
+    assert!(doc["jobDefinition"]["reused"].is_null());
+    let register = &doc["jobDefinition"]["registerJobDefinition"];
+    assert!(register["jobDefinitionName"]
+        .as_str()
+        .unwrap()
+        .starts_with("mfbatch-"));
+    let submit = &doc["submitJob"];
+    assert_eq!(submit["jobQueue"], QUEUE);
+    assert_eq!(
+        submit["containerOverrides"]["resourceRequirements"][0],
+        serde_json::json!({"type": "VCPU", "value": "2"})
+    );
+    assert!(has_env(submit, "MODE", "fast"));
+    assert!(has_env(submit, "MFBATCH_ARGS", r#"["--epochs","3"]"#));
+    assert!(has_env(submit, "MFBATCH_PACKAGE_SHA256", sha));
+    assert_cli_snapshot(&cli, "dry_run_stderr", &out.stderr);
+
+    // After a real run, the plan reuses what is there.
+    let detached = cli.run(&["run", "--detach", "step.py"]);
+    assert_eq!(detached.code, Some(0), "{}", detached.render());
+    let mutating = fake.mutating_calls().len();
+    let again = cli.run(&args);
+    assert_eq!(again.code, Some(0), "{}", again.render());
+    assert_eq!(
+        fake.mutating_calls().len(),
+        mutating,
+        "a dry run after a run changes nothing either"
+    );
+    let doc: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(doc["package"]["alreadyStored"], true);
+    assert!(doc["jobDefinition"]["registerJobDefinition"].is_null());
+    let reused = doc["jobDefinition"]["reused"]["arn"].as_str().unwrap();
+    assert_eq!(fake.jobs()[0].definition, reused);
+    assert_eq!(doc["submitJob"]["jobDefinition"], reused);
+}
+
+/// One bad invocation: how to set it up, the arguments, and what the error must name.
+struct BadInput {
+    name: &'static str,
+    setup: fn(&mut Cli),
+    args: &'static [&'static str],
+    names: &'static str,
+}
+
+fn nothing(_: &mut Cli) {}
+
+#[tokio::test]
+async fn bad_input_exits_2_naming_the_problem_before_any_aws_call() {
+    let fake = FakeAws::start().await;
+    let cases = [
+        BadInput {
+            name: "missing script",
+            setup: nothing,
+            args: &["run", "--detach", "missing.py"],
+            names: "missing.py",
+        },
+        BadInput {
+            name: "script outside --root",
+            setup: |cli| {
+                cli.write("sub/other.py", "");
+            },
+            args: &["run", "--detach", "--root", "sub", "step.py"],
+            names: "--root",
+        },
+        BadInput {
+            name: "script the package would leave out",
+            setup: |cli| {
+                cli.write("run.sh", "echo hi\n");
+            },
+            args: &["run", "--detach", "run.sh"],
+            names: "run.sh",
+        },
+        BadInput {
+            name: "cpu not a number",
+            setup: nothing,
+            args: &["run", "--detach", "--cpu", "abc", "step.py"],
+            names: "--cpu",
+        },
+        BadInput {
+            name: "cpu zero",
+            setup: nothing,
+            args: &["run", "--detach", "--cpu", "0", "step.py"],
+            names: "--cpu",
+        },
+        BadInput {
+            name: "cpu negative",
+            setup: nothing,
+            args: &["run", "--detach", "--cpu=-1", "step.py"],
+            names: "--cpu",
+        },
+        BadInput {
+            name: "memory zero",
+            setup: nothing,
+            args: &["run", "--detach", "--memory", "0", "step.py"],
+            names: "--memory",
+        },
+        BadInput {
+            name: "env without =",
+            setup: nothing,
+            args: &["run", "--detach", "--env", "NOEQUALS", "step.py"],
+            names: "--env",
+        },
+        BadInput {
+            name: "timeout under a minute",
+            setup: nothing,
+            args: &["run", "--detach", "--timeout", "10", "step.py"],
+            names: "--timeout",
+        },
+        BadInput {
+            name: "malformed profile config",
+            setup: |cli| {
+                cli.write_home(
+                    ".metaflowconfig/config.json",
+                    r#"{"METAFLOW_BATCH_JOB_QUEUE": "#,
+                );
+            },
+            args: &["run", "--detach", "step.py"],
+            names: ".metaflowconfig/config.json",
+        },
+        BadInput {
+            name: "config that is not an object",
+            setup: |cli| {
+                cli.write_home(
+                    ".metaflowconfig/config.json",
+                    r#"["METAFLOW_BATCH_JOB_QUEUE"]"#,
+                );
+            },
+            args: &["run", "--detach", "step.py"],
+            names: ".metaflowconfig/config.json",
+        },
+        BadInput {
+            name: "unknown profile",
+            setup: |cli| {
+                cli.set_env("METAFLOW_PROFILE", "nope");
+            },
+            args: &["run", "--detach", "step.py"],
+            names: "METAFLOW_PROFILE",
+        },
+        BadInput {
+            name: "datastore root not an s3 URL",
+            setup: |cli| {
+                cli.set_env("METAFLOW_DATASTORE_SYSROOT_S3", "bucket/x");
+            },
+            args: &["run", "--detach", "step.py"],
+            names: "METAFLOW_DATASTORE_SYSROOT_S3",
+        },
+        BadInput {
+            name: "no queue",
+            setup: |cli| {
+                cli.remove_env("METAFLOW_BATCH_JOB_QUEUE");
+            },
+            args: &["run", "--detach", "step.py"],
+            names: "METAFLOW_BATCH_JOB_QUEUE",
+        },
+        BadInput {
+            name: "no role",
+            setup: |cli| {
+                cli.remove_env("METAFLOW_ECS_S3_ACCESS_IAM_ROLE");
+            },
+            args: &["run", "--detach", "step.py"],
+            names: "METAFLOW_ECS_S3_ACCESS_IAM_ROLE",
+        },
+        BadInput {
+            name: "no S3 root",
+            setup: |cli| {
+                cli.remove_env("METAFLOW_DATASTORE_SYSROOT_S3");
+            },
+            args: &["run", "--detach", "step.py"],
+            names: "METAFLOW_DATASTORE_SYSROOT_S3",
+        },
+    ];
+    let mut transcript = String::new();
+    let mut first_cli = None;
+    for case in cases {
+        let mut cli = project(&fake);
+        (case.setup)(&mut cli);
+        let out: Output = cli.run(case.args);
+        let context = format!("{}: {}", case.name, out.render());
+        assert_eq!(out.code, Some(2), "{context}");
+        assert_eq!(out.stdout, "", "{context}");
+        assert!(out.stderr.contains(case.names), "{context}");
+        assert_eq!(fake.total_calls(), 0, "{context}");
+        // Each case has its own temp dirs: name them alike before the shared filters run.
+        let text = out
+            .render()
+            .replace(&cli.work().display().to_string(), "[WORK]")
+            .replace(&cli.home().display().to_string(), "[HOME]");
+        transcript.push_str(&format!(
+            "### {}\n$ mfbatch {}\n{text}\n",
+            case.name,
+            case.args.join(" ")
+        ));
+        first_cli.get_or_insert(cli);
+    }
+    assert_cli_snapshot(&first_cli.unwrap(), "bad_input", &transcript);
+}
+
+#[tokio::test]
+async fn config_shows_each_value_and_where_it_came_from() {
+    let fake = FakeAws::start().await;
+    let mut cli = Cli::new(&fake);
+    cli.set_env("METAFLOW_PROFILE", "dev");
+    cli.write_home(
+        ".metaflowconfig/config_dev.json",
+        r#"{
+            "METAFLOW_BATCH_JOB_QUEUE": "shadowed-by-the-environment",
+            "METAFLOW_BATCH_CONTAINER_REGISTRY": "registry.example.com/team",
+            "METAFLOW_S3_ENDPOINT_URL": "https://user:hunter2@s3.example.com"
+        }"#,
+    );
+    cli.write(
+        ".metaflow/config.json",
+        r#"{"METAFLOW_DEFAULT_PACKAGE_SUFFIXES": ".py,.sql"}"#,
+    );
+
+    let out = cli.run(&["config"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(
+        !out.stdout.contains("hunter2"),
+        "passwords in URLs are hidden"
+    );
+    assert_cli_snapshot(&cli, "config_text", &out.render());
+
+    let out = cli.run(&["config", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let doc: Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    let profile = cli.home().join(".metaflowconfig/config_dev.json");
+    let project = cli.work().join(".metaflow/config.json");
+    let origin = |key: &str| doc[key]["origin"].as_str().map(str::to_owned);
+    assert_eq!(
+        origin("METAFLOW_BATCH_JOB_QUEUE").as_deref(),
+        Some("environment")
+    );
+    assert_eq!(doc["METAFLOW_BATCH_JOB_QUEUE"]["value"], QUEUE);
+    assert_eq!(
+        origin("METAFLOW_BATCH_CONTAINER_REGISTRY"),
+        Some(format!("profile file {}", profile.display()))
+    );
+    assert_eq!(
+        origin("METAFLOW_DEFAULT_PACKAGE_SUFFIXES"),
+        Some(format!("project file {}", project.display()))
+    );
+    assert_eq!(
+        origin("METAFLOW_DATATOOLS_S3ROOT").as_deref(),
+        Some("default")
+    );
+    assert_eq!(
+        doc["METAFLOW_DATATOOLS_S3ROOT"]["value"],
+        format!("{SYSROOT}/data")
+    );
+    assert!(doc["METAFLOW_ECS_FARGATE_EXECUTION_ROLE"]["value"].is_null());
+    assert_eq!(fake.total_calls(), 0, "config asks AWS nothing");
+}
