@@ -161,22 +161,12 @@ pub async fn find(
         }))
 }
 
-/// Reuses the definition if an ACTIVE one exists, else registers it.
+/// Registers the definition (the caller has looked for an ACTIVE one with [`find`]).
 ///
 /// Two processes registering the same content at once just create two identical revisions, and
 /// the job is submitted with the ARN that RegisterJobDefinition returned, so neither a concurrent
 /// registration nor a definition not yet visible to DescribeJobDefinitions can break a run.
-pub async fn ensure(
-    client: &aws_sdk_batch::Client,
-    def: &JobDefinition,
-) -> Result<Registered, AwsError> {
-    if let Some(found) = find(client, &def.job_definition_name).await? {
-        return Ok(found);
-    }
-    register(client, def).await
-}
-
-async fn register(
+pub async fn register(
     client: &aws_sdk_batch::Client,
     def: &JobDefinition,
 ) -> Result<Registered, AwsError> {

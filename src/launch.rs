@@ -52,6 +52,9 @@ impl LaunchError {
                     .into(),
             ),
             LaunchError::QueueDisabled { .. } => Some("enable the queue, or pass another with --queue".into()),
+            LaunchError::Package(PackageError::ScriptExcluded { .. }) => Some(
+                "rename the script, or add its suffix with --package-suffixes (or METAFLOW_DEFAULT_PACKAGE_SUFFIXES)".into(),
+            ),
             _ => None,
         }
     }
@@ -164,6 +167,18 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
+        let vcpu = prepared.spec.resources.vcpu;
+        if platform == jobdef::Platform::Ec2 && vcpu.get().fract() != 0.0 {
+            return Err(ConfigError::InvalidFlag {
+                flag: "--cpu",
+                value: vcpu.to_string(),
+                reason: format!(
+                    "queue {} runs on EC2, which takes whole vCPUs (fractions are for Fargate)",
+                    target.queue
+                ),
+            }
+            .into());
+        }
         let definition = JobDefinition::build(target, platform);
         let size = definition.json_len();
         if size > MAX_DEFINITION_BYTES {
@@ -247,7 +262,7 @@ pub async fn execute(
         match &plan.existing_definition {
             Some(existing) => Ok(existing.clone()),
             None => {
-                Ok::<_, LaunchError>(jobdef::ensure(&clients.batch, &plan.job_definition).await?)
+                Ok::<_, LaunchError>(jobdef::register(&clients.batch, &plan.job_definition).await?)
             }
         }
     };

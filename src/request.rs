@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub timeout_seconds: Option<String>,
     /// Run on this machine instead of AWS Batch.
     pub local: bool,
+    /// `--package-suffixes`: more suffixes to package, added to the configured ones.
+    pub extra_suffixes: Option<String>,
 }
 
 /// Batch's smallest attempt timeout.
@@ -73,10 +75,17 @@ pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, 
         Some(n) => JobName::parse("--name", n)?,
         None => JobName::derived(user, &stem),
     };
-    let suffixes = settings
+    let mut suffixes = settings
         .get(Key::DefaultPackageSuffixes)
         .unwrap_or(crate::settings::DEFAULT_PACKAGE_SUFFIXES)
         .to_owned();
+    if let Some(extra) = options
+        .extra_suffixes
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    {
+        suffixes = format!("{suffixes},{extra}");
+    }
 
     let target = if options.local {
         let dir = settings.require(Key::DatastoreSysrootLocal)?;

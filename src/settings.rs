@@ -2,7 +2,7 @@
 //!
 //! Precedence, highest first (decided only in [`resolve`]):
 //!
-//! 1. a command-line flag (`--queue`, `--iam-role`, `--image`, `--package-suffixes`, …)
+//! 1. a command-line flag (`--queue`, `--iam-role`, `--image`, `--datastore-root`, …)
 //! 2. the `METAFLOW_*` environment variable of the same name
 //! 3. the project file: `.metaflow/config.json` in the working directory or its nearest ancestor
 //! 4. the profile file: `$METAFLOW_HOME/config.json`, or `config_<METAFLOW_PROFILE>.json` when
@@ -79,7 +79,6 @@ impl Key {
             Key::BatchJobQueue => Some("--queue"),
             Key::EcsS3AccessIamRole => Some("--iam-role"),
             Key::BatchContainerImage => Some("--image"),
-            Key::DefaultPackageSuffixes => Some("--package-suffixes"),
             Key::EcsFargateExecutionRole => Some("--execution-role"),
             Key::DatastoreSysrootS3 => Some("--datastore-root"),
             _ => None,
@@ -196,28 +195,32 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
     settings.files_read.extend(profile_path.iter().cloned());
 
     for key in Key::ALL {
+        // Metaflow treats an empty value as unset, so an empty one falls through to the next source.
+        let non_empty = |v: &&String| !v.trim().is_empty();
         let found = sources
             .flags
             .get(&key)
+            .filter(non_empty)
             .map(|v| (v.clone(), Origin::Flag(key.flag().unwrap_or("flag"))))
             .or_else(|| {
                 sources
                     .env
                     .get(key.name())
+                    .filter(non_empty)
                     .map(|v| (v.clone(), Origin::Env))
             })
             .or_else(|| {
                 let (path, map) = (project_path.as_ref()?, project.as_ref()?);
                 map.get(key.name())
+                    .filter(non_empty)
                     .map(|v| (v.clone(), Origin::ProjectFile(path.clone())))
             })
             .or_else(|| {
                 let (path, map) = (profile_path.as_ref()?, profile.as_ref()?);
                 map.get(key.name())
+                    .filter(non_empty)
                     .map(|v| (v.clone(), Origin::ProfileFile(path.clone())))
-            })
-            // Metaflow treats an empty value as unset; so do we.
-            .filter(|(v, _)| !v.trim().is_empty());
+            });
         let found = found
             .or_else(|| default_for(key, &settings, &sources.env).map(|v| (v, Origin::Default)));
         if let Some((value, origin)) = found {

@@ -352,12 +352,12 @@ async fn resource_overrides_table() {
             Some("0"),
             &[("VCPU", "4"), ("MEMORY", "16000")],
         ),
-        ("0.25", "512", None, &[("VCPU", "0.25"), ("MEMORY", "512")]),
+        ("3", "512", None, &[("VCPU", "3"), ("MEMORY", "512")]),
         (
-            "2.50",
+            "2.00",
             "1024",
             Some("1"),
-            &[("VCPU", "2.5"), ("MEMORY", "1024"), ("GPU", "1")],
+            &[("VCPU", "2"), ("MEMORY", "1024"), ("GPU", "1")],
         ),
         (
             " 8 ",
@@ -382,6 +382,24 @@ async fn resource_overrides_table() {
             "--cpu {cpu:?} --memory {memory:?} --gpu {gpu:?}"
         );
     }
+    // EC2 queues take whole vCPUs: a fraction is a usage error before anything changes.
+    let before = fake.mutating_calls().len();
+    let options = RunOptions {
+        cpu: Some("0.5".into()),
+        ..Default::default()
+    };
+    let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+    assert!(
+        matches!(
+            result,
+            Err(LaunchError::Config(ConfigError::InvalidFlag {
+                flag: "--cpu",
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(fake.mutating_calls().len(), before);
 }
 
 #[tokio::test]

@@ -152,10 +152,11 @@ fn a_key_with_a_default_falls_back_to_it() {
             vec![("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py")],
             Some((".py", Origin::Env)),
         ),
+        // An empty value counts as unset and falls through.
         (
-            &[(Key::DefaultPackageSuffixes, ".sh")],
-            vec![("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py")],
-            Some((".sh", Origin::Flag("--package-suffixes"))),
+            &[],
+            vec![("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", " ")],
+            Some((".py,.R,.RDS", Origin::Default)),
         ),
     ];
     for (flags, env, want) in cases {

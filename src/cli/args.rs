@@ -78,7 +78,7 @@ pub struct RunArgs {
     /// S3 root for packages [env: METAFLOW_DATASTORE_SYSROOT_S3].
     #[arg(long, value_name = "S3URL")]
     pub datastore_root: Option<String>,
-    /// Suffixes of files to package [env: METAFLOW_DEFAULT_PACKAGE_SUFFIXES] (default .py,.R,.RDS).
+    /// More suffixes of files to package (e.g. .sql,.yaml), added to METAFLOW_DEFAULT_PACKAGE_SUFFIXES (default .py,.R,.RDS).
     #[arg(long, value_name = "LIST")]
     pub package_suffixes: Option<String>,
 

@@ -21,7 +21,6 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         (Key::BatchJobQueue, &args.queue),
         (Key::EcsS3AccessIamRole, &args.iam_role),
         (Key::BatchContainerImage, &args.image),
-        (Key::DefaultPackageSuffixes, &args.package_suffixes),
         (Key::EcsFargateExecutionRole, &args.execution_role),
         (Key::DatastoreSysrootS3, &args.datastore_root),
     ]
@@ -46,6 +45,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         python: args.python.clone(),
         timeout_seconds: args.timeout.clone(),
         local: args.local,
+        extra_suffixes: args.package_suffixes.clone(),
     };
     let spec = build_spec(&settings, &options)?;
     let runnable_timeout = args
