@@ -1,12 +1,13 @@
 //! Turns library events into what the user sees: the job's log lines on stdout, status and
 //! progress on stderr (live bars only on a terminal), or one JSON event per line with `--output json`.
 
-use std::io::{self, BufWriter, Stdout, Write};
+use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use mfbatch::event::{Event, EventSink, Warning};
+use mfbatch::event::{Event, EventSink, JobStatus, Warning};
 use mfbatch::package::SkipReason;
 use tokio::sync::mpsc;
 
@@ -69,21 +70,73 @@ impl Renderer {
 
 struct Writer {
     options: RenderOptions,
-    stdout: BufWriter<Stdout>,
+    /// Job output not yet written to stdout; written in one go, clear of any live bar.
+    pending: Vec<u8>,
+    /// The upload bar, then the status spinner (terminal only).
     bar: Option<ProgressBar>,
+    /// Each followed job's last status, for the spinner.
+    statuses: BTreeMap<String, JobStatus>,
 }
+
+/// Job output is written once this much is pending, even while more keeps coming.
+const FLUSH_BYTES: usize = 1 << 16;
 
 impl Writer {
     fn new(options: RenderOptions) -> Self {
         Writer {
             options,
-            stdout: BufWriter::with_capacity(1 << 16, io::stdout()),
+            pending: Vec::with_capacity(FLUSH_BYTES),
             bar: None,
+            statuses: BTreeMap::new(),
         }
     }
 
     fn flush(&mut self) {
-        let _ = self.stdout.flush();
+        if self.pending.is_empty() {
+            return;
+        }
+        let write = || {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(&self.pending);
+            let _ = out.flush();
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+        self.pending.clear();
+    }
+
+    /// Shows each job's status on a spinner line (terminal only, text output).
+    fn update_spinner(&mut self, job_name: &str, status: JobStatus) {
+        if !self.options.style.live || self.options.quiet {
+            return;
+        }
+        self.statuses.insert(job_name.to_owned(), status);
+        if self.statuses.values().all(|s| s.is_terminal()) {
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let message = if self.statuses.len() == 1 {
+            format!("{job_name}: {status}")
+        } else {
+            let mut counts: BTreeMap<JobStatus, usize> = BTreeMap::new();
+            for s in self.statuses.values() {
+                *counts.entry(*s).or_default() += 1;
+            }
+            counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ")
+        };
+        bar.set_message(message);
+        bar.reset_elapsed();
     }
 
     fn finish(&mut self) {
@@ -107,7 +160,11 @@ impl Writer {
     fn write(&mut self, event: &Event) {
         if self.options.output == Output::Json {
             if let Ok(line) = serde_json::to_string(event) {
-                let _ = writeln!(self.stdout, "{line}");
+                self.pending.extend_from_slice(line.as_bytes());
+                self.pending.push(b'\n');
+            }
+            if self.pending.len() >= FLUSH_BYTES {
+                self.flush();
             }
             return;
         }
@@ -120,7 +177,10 @@ impl Writer {
                 ..
             } => {
                 // The job's output belongs to stdout, unchanged.
-                let _ = self.write_log_line(job_name, *timestamp_ms, message);
+                self.write_log_line(job_name, *timestamp_ms, message);
+                if self.pending.len() >= FLUSH_BYTES {
+                    self.flush();
+                }
             }
             Event::Packaged {
                 files,
@@ -234,6 +294,7 @@ impl Writer {
                     line.push_str(&format!(" — {reason}"));
                 }
                 self.status(line);
+                self.update_spinner(job_name, *status);
             }
             Event::Terminating { job_id, reason } => {
                 self.status(format!("Stopping job {job_id} ({reason})"));
@@ -258,23 +319,20 @@ impl Writer {
         }
     }
 
-    fn write_log_line(
-        &mut self,
-        job_name: &str,
-        timestamp_ms: i64,
-        message: &str,
-    ) -> io::Result<()> {
+    fn write_log_line(&mut self, job_name: &str, timestamp_ms: i64, message: &str) {
         if self.options.prefix_jobs {
-            write!(self.stdout, "{job_name} | ")?;
+            self.pending.extend_from_slice(job_name.as_bytes());
+            self.pending.extend_from_slice(b" | ");
         }
         if self.options.timestamps {
-            write!(self.stdout, "{} ", format_timestamp(timestamp_ms))?;
+            self.pending
+                .extend_from_slice(format_timestamp(timestamp_ms).as_bytes());
+            self.pending.push(b' ');
         }
-        self.stdout.write_all(message.as_bytes())?;
+        self.pending.extend_from_slice(message.as_bytes());
         if !message.ends_with('\n') {
-            self.stdout.write_all(b"\n")?;
+            self.pending.push(b'\n');
         }
-        Ok(())
     }
 }
 
