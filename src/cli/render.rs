@@ -133,7 +133,11 @@ impl Writer {
             for s in self.statuses.values() {
                 *counts.entry(*s).or_default() += 1;
             }
-            counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ")
+            counts
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         bar.set_message(message);
         bar.reset_elapsed();
