@@ -68,6 +68,14 @@ pub async fn run(
         args: prepared.spec.args.clone(),
     };
     let resources = &prepared.spec.resources;
+    events(Event::Warning(crate::event::Warning::Notice {
+        message: format!(
+            "Running on this machine; the job asks for {} vCPU and {} MiB{} (given to it as MFBATCH_CPU / MFBATCH_MEMORY_MIB, not enforced)",
+            resources.vcpu,
+            resources.memory.get(),
+            if resources.gpu > 0 { format!(" and {} GPU", resources.gpu) } else { String::new() }
+        ),
+    }));
     let env = job_environment(
         &prepared.spec,
         &invocation,

@@ -61,17 +61,30 @@ async fn submit(fake: &FakeAws, timelines: Vec<Timeline>) -> Vec<String> {
     ids
 }
 
-/// Follows one job to the end, collecting its log messages and status sequence.
-async fn follow_one(
-    fake: &FakeAws,
-    id: &str,
-) -> (
+type Followed = (
     Vec<String>,
     Vec<JobStatus>,
     mfbatch::event::Outcome,
     Vec<usize>,
-) {
-    let tracker = Tracker::new(&fake.clients(), fast_config());
+);
+
+/// Follows one job to the end, collecting its log messages and status sequence.
+async fn follow_one(fake: &FakeAws, id: &str) -> Followed {
+    follow_with_clients(fake.clients(), id).await
+}
+
+/// Clients whose calls are tried once: every fault reaches mfbatch's own code, not the SDK's
+/// retries.
+fn clients_without_retries(fake: &FakeAws) -> mfbatch::aws::Clients {
+    let options = mfbatch::aws::ClientOptions {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    mfbatch::aws::Clients::from_sdk_config(&fake.sdk_config(), &options).unwrap()
+}
+
+async fn follow_with_clients(clients: mfbatch::aws::Clients, id: &str) -> Followed {
+    let tracker = Tracker::new(&clients, fast_config());
     let mut handle = tracker.follow(FollowRequest::new(id));
     let (mut lines, mut statuses, mut attempts) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(event) = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
@@ -136,7 +149,7 @@ async fn throttling_and_server_errors_lose_and_repeat_nothing() {
         .logs(&refs(&expected))
         .succeeded();
     let ids = submit(&fake, vec![timeline]).await;
-    let (lines, _, outcome, _) = follow_one(&fake, &ids[0]).await;
+    let (lines, _, outcome, _) = follow_with_clients(clients_without_retries(&fake), &ids[0]).await;
     assert_eq!(lines.len(), expected.len());
     assert!(lines == expected, "lines differ under faults");
     assert!(outcome.succeeded());
@@ -308,4 +321,102 @@ async fn an_unknown_job_is_an_error_after_the_grace_period() {
         matches!(result, Err(mfbatch::track::TrackError::NotFound { .. })),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn a_job_stuck_in_runnable_is_reported_then_stopped_on_timeout() {
+    let fake = FakeAws::start().await;
+    let stuck = Timeline::new()
+        .status(JobStatus::Runnable, 1_000_000)
+        .reason("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is higher than that can be met by the CE(s) attached to the job queue.")
+        .succeeded();
+    let ids = submit(&fake, vec![stuck]).await;
+    let config = TrackerConfig {
+        runnable_warning: Duration::from_millis(100),
+        runnable_timeout: Some(Duration::from_millis(400)),
+        ..fast_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let mut handle = tracker.follow(FollowRequest::new(ids[0].clone()));
+    let mut warnings = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), handle.next_event())
+        .await
+        .expect("events keep coming")
+    {
+        if let Event::Warning(w) = event {
+            warnings.push(w);
+        }
+    }
+    let result = handle.wait().await;
+    assert!(
+        matches!(
+            result,
+            Err(mfbatch::track::TrackError::RunnableTimeout { .. })
+        ),
+        "{result:?}"
+    );
+    let [mfbatch::event::Warning::StuckRunnable { reason, detail, .. }] = warnings.as_slice()
+    else {
+        panic!("one stuck warning expected: {warnings:?}");
+    };
+    assert!(reason
+        .as_deref()
+        .unwrap()
+        .starts_with("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"));
+    let detail = detail.as_deref().unwrap();
+    assert!(
+        detail.contains("test-queue") && detail.contains("max 256 vCPU"),
+        "{detail}"
+    );
+    assert_eq!(
+        fake.requests("CancelJob").len(),
+        1,
+        "a RUNNABLE job is cancelled"
+    );
+}
+
+#[tokio::test]
+async fn dropped_connections_lose_and_repeat_nothing() {
+    let fake = FakeAws::start_with_seed(5).await;
+    fake.set_log_page_size(400);
+    fake.set_random_faults(0.2, 0.05, &["GetLogEvents", "DescribeJobs"]);
+    let proxy = support::flaky_proxy::FlakyProxy::start(&fake.uri(), 0.2, 9).await;
+    let expected = numbered(8_000, "y");
+    let ids = submit(
+        &fake,
+        vec![Timeline::new()
+            .running(5)
+            .logs(&refs(&expected))
+            .succeeded()],
+    )
+    .await;
+    let config = fake
+        .sdk_config()
+        .to_builder()
+        .endpoint_url(proxy.uri())
+        .build();
+    let options = mfbatch::aws::ClientOptions {
+        max_attempts: Some(2),
+        ..Default::default()
+    };
+    let clients = mfbatch::aws::Clients::from_sdk_config(&config, &options).unwrap();
+    let tracker = Tracker::new(&clients, fast_config());
+    let mut handle = tracker.follow(FollowRequest::new(ids[0].clone()));
+    let mut lines = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
+        .await
+        .expect("events keep coming")
+    {
+        if let Event::Log { message, .. } = event {
+            lines.push(message);
+        }
+    }
+    assert!(handle.wait().await.expect("followed").succeeded());
+    assert!(
+        proxy.dropped() >= 3,
+        "the proxy dropped {} connections",
+        proxy.dropped()
+    );
+    assert_eq!(lines.len(), expected.len());
+    assert!(lines == expected, "lines differ after dropped connections");
 }

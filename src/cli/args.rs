@@ -98,6 +98,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<String>,
 
+    /// Warn when the job waits in RUNNABLE this long, with what may be keeping it there.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub runnable_warning: String,
     /// Stop and fail the job if it waits in RUNNABLE this long (e.g. 30m); default: wait.
     #[arg(long, value_name = "DURATION")]
     pub runnable_timeout: Option<String>,

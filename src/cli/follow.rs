@@ -127,11 +127,17 @@ fn exit_code(results: Vec<Result<Outcome, TrackError>>, interrupted: bool) -> Re
 }
 
 /// The tracker settings a command line may change.
-pub fn tracker_config(runnable_timeout: Option<std::time::Duration>) -> TrackerConfig {
+pub fn tracker_config(
+    runnable_warning: Option<std::time::Duration>,
+    runnable_timeout: Option<std::time::Duration>,
+) -> TrackerConfig {
     let mut config = TrackerConfig {
         runnable_timeout,
         ..TrackerConfig::default()
     };
+    if let Some(warning) = runnable_warning {
+        config.runnable_warning = warning;
+    }
     // Test and power-user knobs, read once here: the drain window and the poll floor.
     if let Some(ms) = env_ms("MFBATCH_DRAIN_QUIET_MS") {
         config.drain_quiet = ms;
@@ -139,9 +145,6 @@ pub fn tracker_config(runnable_timeout: Option<std::time::Duration>) -> TrackerC
     if let Some(ms) = env_ms("MFBATCH_POLL_MIN_MS") {
         config.poll_min = ms;
         config.log_min_interval = ms.min(config.log_min_interval);
-    }
-    if let Some(ms) = env_ms("MFBATCH_RUNNABLE_WARNING_MS") {
-        config.runnable_warning = ms;
     }
     config
 }

@@ -40,7 +40,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         .collect();
     follow::follow(
         &clients,
-        follow::tracker_config(None),
+        follow::tracker_config(None, None),
         requests,
         follow::renderer(&global, args.job_ids.len() > 1, args.timestamps),
         OnInterrupt::Leave,

@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         .as_deref()
         .map(|t| parse_duration("--runnable-timeout", t))
         .transpose()?;
+    let runnable_warning = parse_duration("--runnable-warning", &args.runnable_warning)?;
     if spec.batch().is_none() {
         if args.dry_run || args.detach {
             return Err(Failure::usage_message(
@@ -111,7 +112,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             };
             follow::follow(
                 &clients,
-                follow::tracker_config(runnable_timeout),
+                follow::tracker_config(Some(runnable_warning), runnable_timeout),
                 vec![request],
                 follow::renderer(&global, false, false),
                 OnInterrupt::StopJobs,

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod fake_aws;
+pub mod flaky_proxy;
 
 use std::path::{Path, PathBuf};
 
