@@ -1,7 +1,9 @@
 //! A shared call budget per AWS service: every caller in the process waits its turn, so a
 //! thousand followed jobs make no more calls per second than one configured rate.
 //!
-//! The rate adapts: throttling halves it (down to a floor), each success wins a little back.
+//! It is a token bucket (GCRA): up to one second's worth of calls may go at once after a quiet
+//! spell, then calls are spaced at the rate. The rate adapts: throttling halves it (down to a
+//! floor), each success wins a little back.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,6 +14,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct RateBudget {
     base_interval: Duration,
+    /// How far behind "now" the schedule may fall: the burst, less one call.
+    burst_window: Duration,
     state: Mutex<State>,
 }
 
@@ -29,10 +33,15 @@ impl RateBudget {
     /// A budget of `per_second` calls per second (at least one call every 10 s).
     pub fn new(per_second: f64) -> Self {
         let base_interval = Duration::from_secs_f64(1.0 / per_second.max(0.1));
+        let burst = per_second.floor().max(1.0);
+        let burst_window = base_interval.mul_f64(burst - 1.0);
+        let now = Instant::now();
         RateBudget {
             base_interval,
+            burst_window,
             state: Mutex::new(State {
-                next_slot: Instant::now(),
+                // A full bucket to start with.
+                next_slot: now.checked_sub(burst_window).unwrap_or(now),
                 interval: base_interval,
                 calls: 0,
             }),
@@ -44,12 +53,15 @@ impl RateBudget {
         let slot = {
             let mut state = self.state.lock().expect("budget lock");
             let now = Instant::now();
-            let slot = state.next_slot.max(now);
+            let earliest = now.checked_sub(self.burst_window).unwrap_or(now);
+            let slot = state.next_slot.max(earliest);
             state.next_slot = slot + state.interval;
             state.calls += 1;
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
     }
 
     /// The service throttled us even after the SDK's retries: slow everyone down.
@@ -84,9 +96,15 @@ mod tests {
         for _ in 0..21 {
             budget.acquire().await;
         }
-        // 21 calls at 10/s: the first is immediate, the last two seconds later.
-        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        // 21 calls at 10/s: a burst of 10 at once, then one every 100 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(1100));
         assert_eq!(budget.calls(), 21);
+        // Sustained, the rate holds: 50 more take 5 s.
+        let start = Instant::now();
+        for _ in 0..50 {
+            budget.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]

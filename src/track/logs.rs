@@ -82,16 +82,17 @@ pub async fn follow(
                     token = next;
                 }
                 if got > 0 {
+                    // A page with data: more is likely waiting, read on at once.
                     last_data = Some(Instant::now());
-                    interval = config.log_min_interval;
+                    interval = Duration::ZERO;
                     false
                 } else if same_token {
                     // The end of what is there now: back off while the stream stays idle.
-                    interval = (interval * 2).min(config.log_max_interval);
+                    interval = backoff(interval, &config);
                     true
                 } else {
                     // An empty page with a new token: more may follow right away.
-                    interval = config.log_min_interval;
+                    interval = Duration::ZERO;
                     false
                 }
             }
@@ -100,18 +101,19 @@ pub async fn follow(
                 match err.kind {
                     // The stream appears a little after the attempt starts.
                     AwsErrorKind::NotFound => {
-                        interval = (interval * 2).min(config.log_max_interval);
+                        interval = backoff(interval, &config);
                         true
                     }
                     AwsErrorKind::Throttled => {
                         budget.throttled();
+                        interval = interval.max(config.log_min_interval);
                         false
                     }
                     AwsErrorKind::AccessDenied | AwsErrorKind::Credentials => {
                         return FollowEnd::Failed(err)
                     }
                     _ => {
-                        interval = (interval * 2).min(config.log_max_interval);
+                        interval = backoff(interval, &config);
                         false
                     }
                 }
@@ -129,11 +131,13 @@ pub async fn follow(
                 return FollowEnd::Drained;
             }
             // While draining, look again soon enough to end near the quiet window's end.
-            interval = interval
-                .min(config.drain_quiet / 2)
-                .max(config.log_min_interval);
+            interval = interval.min(config.drain_quiet / 2);
         }
-        if done_at.is_none() {
+        if interval.is_zero() {
+            if done_at.is_none() && *job_done.borrow() {
+                done_at = Some(Instant::now());
+            }
+        } else if done_at.is_none() {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 changed = job_done.changed() => {
@@ -146,6 +150,11 @@ pub async fn follow(
             tokio::time::sleep(interval).await;
         }
     }
+}
+
+/// The next wait of an idle stream: double the last, within the configured bounds.
+fn backoff(interval: Duration, config: &TrackerConfig) -> Duration {
+    (interval * 2).clamp(config.log_min_interval, config.log_max_interval)
 }
 
 /// How long ago `since` was, as an epoch-ms start time for `--since`.
