@@ -322,7 +322,11 @@ impl FakeAws {
     }
 
     pub async fn start_with_seed(seed: u64) -> Self {
-        let server = MockServer::start().await;
+        // The fake keeps its own call log; wiremock need not keep every body too.
+        let server = MockServer::builder()
+            .disable_request_recording()
+            .start()
+            .await;
         let state = Arc::new(Mutex::new(State::new(seed)));
         Mock::given(wiremock::matchers::any())
             .respond_with(Dispatcher(state.clone()))
