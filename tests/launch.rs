@@ -710,3 +710,48 @@ async fn a_script_the_package_leaves_out_is_a_usage_error_found_before_aws() {
     }
     assert_eq!(fake.total_calls(), 0);
 }
+
+/// Every AWS call of a run, by API, sorted.
+fn ops(fake: &FakeAws) -> Vec<String> {
+    let mut ops: Vec<String> = fake.call_log().into_iter().map(|c| c.op).collect();
+    ops.sort();
+    ops
+}
+
+#[tokio::test]
+async fn a_cold_run_makes_seven_calls_and_a_warm_one_five() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    result.unwrap();
+    assert_eq!(
+        ops(&fake),
+        [
+            "DescribeComputeEnvironments",
+            "DescribeJobDefinitions",
+            "DescribeJobQueues",
+            "HeadObject",
+            "PutObject",
+            "RegisterJobDefinition",
+            "SubmitJob"
+        ]
+    );
+    let before = fake.call_log().len();
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    result.unwrap();
+    let mut warm: Vec<String> = fake.call_log()[before..]
+        .iter()
+        .map(|c| c.op.clone())
+        .collect();
+    warm.sort();
+    assert_eq!(
+        warm,
+        [
+            "DescribeComputeEnvironments",
+            "DescribeJobDefinitions",
+            "DescribeJobQueues",
+            "HeadObject",
+            "SubmitJob"
+        ]
+    );
+}
