@@ -3,21 +3,16 @@
 //!
 //! `cargo bench --bench package` (add `-- --files N --mb M --runs R` to change the tree).
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mfbatch::package::{build, collect, SuffixFilter};
+use support::{arg, median, ms, peak_rss_kib};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let (files, mb, runs) = (arg("--files", 5000), arg("--mb", 50), arg("--runs", 5));
     let tree = tempfile::tempdir().expect("temp dir");
     generate_tree(tree.path(), files, mb * 1024 * 1024);
@@ -123,25 +118,4 @@ fn generate_tree(root: &Path, files: usize, total_bytes: usize) {
         }
         std::fs::write(dir.join(format!("mod_{i}.py")), body).unwrap();
     }
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The process's peak resident set (VmHWM), in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -8,6 +8,9 @@
 //!
 //! `cargo run --release --example follow_many -- [--jobs 1000] [--speedup 60] [--minutes 60]`
 
+#[path = "../benches/support/mod.rs"]
+mod measure;
+
 #[path = "../tests/support/fake_aws/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod fake_aws;
@@ -15,19 +18,12 @@ mod fake_aws;
 use std::time::{Duration, Instant};
 
 use fake_aws::{FakeAws, Timeline};
+use measure::{arg, peak_rss_kib};
 use mfbatch::event::{Event, JobStatus};
 use mfbatch::track::{FollowRequest, Tracker, TrackerConfig};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let (jobs, speedup, minutes) = (
         arg("--jobs", 1000),
         arg("--speedup", 60) as u32,
@@ -36,45 +32,23 @@ async fn main() {
 
     let fake = FakeAws::start().await;
     let clients = fake.clients();
-    let definition = clients
-        .batch
-        .register_job_definition()
-        .job_definition_name("mfbatch-bench")
-        .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
-        .container_properties(
-            aws_sdk_batch::types::ContainerProperties::builder()
-                .image("python:3.11")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("register");
     // A mix of jobs: waiting for capacity, short and long runs, lines that arrive after the end.
     let mut rng = fastrand::Rng::with_seed(42);
-    let mut ids = Vec::new();
-    for i in 0..jobs {
-        let lines: Vec<String> = (0..20).map(|n| format!("job {i} line {n}")).collect();
-        let more: Vec<String> = (0..20).map(|n| format!("job {i} later {n}")).collect();
-        let timeline = Timeline::new()
-            .status(JobStatus::Submitted, 1)
-            .status(JobStatus::Runnable, rng.usize(1..20))
-            .status(JobStatus::Starting, 1)
-            .running(rng.usize(5..200))
-            .logs(&lines.iter().map(String::as_str).collect::<Vec<_>>())
-            .logs_when_done(&more.iter().map(String::as_str).collect::<Vec<_>>())
-            .exit(if rng.usize(0..10) == 0 { 1 } else { 0 });
-        fake.script_next_job(timeline);
-        let out = clients
-            .batch
-            .submit_job()
-            .job_name(format!("bench-{i}"))
-            .job_queue("test-queue")
-            .job_definition(definition.job_definition_arn().unwrap())
-            .send()
-            .await
-            .expect("submit");
-        ids.push(out.job_id().unwrap().to_owned());
-    }
+    let timelines = (0..jobs)
+        .map(|i| {
+            let lines: Vec<String> = (0..20).map(|n| format!("job {i} line {n}")).collect();
+            let more: Vec<String> = (0..20).map(|n| format!("job {i} later {n}")).collect();
+            Timeline::new()
+                .status(JobStatus::Submitted, 1)
+                .status(JobStatus::Runnable, rng.usize(1..20))
+                .status(JobStatus::Starting, 1)
+                .running(rng.usize(5..200))
+                .logs(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+                .logs_when_done(&more.iter().map(String::as_str).collect::<Vec<_>>())
+                .exit(if rng.usize(0..10) == 0 { 1 } else { 0 })
+        })
+        .collect();
+    let ids = fake.submit_jobs(timelines).await;
     let submits = fake.total_calls();
     let rss_after_setup = peak_rss_kib();
 
@@ -163,15 +137,4 @@ async fn main() {
         rss_after_setup / 1024,
         peak_rss_kib() / 1024
     );
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }

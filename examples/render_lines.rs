@@ -3,6 +3,9 @@
 //!
 //! `cargo build --release && cargo run --release --example render_lines -- [--lines N] [--runs R]`
 
+#[path = "../benches/support/mod.rs"]
+mod measure;
+
 #[path = "../tests/support/fake_aws/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod fake_aws;
@@ -12,17 +15,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_aws::{FakeAws, Timeline};
+use measure::{arg, median, ms};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let (count, runs) = (arg("--lines", 100_000), arg("--runs", 5));
     let binary = std::env::current_exe()
         .unwrap()
@@ -48,31 +44,9 @@ async fn main() {
     fake.set_log_page_size(10_000);
     let home = tempfile::tempdir().unwrap();
     let clients = fake.clients();
-    let def = clients
-        .batch
-        .register_job_definition()
-        .job_definition_name("mfbatch-render")
-        .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
-        .container_properties(
-            aws_sdk_batch::types::ContainerProperties::builder()
-                .image("python:3.11")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    fake.script_next_job(Timeline::new().running(1).logs(&refs).succeeded());
-    let job = clients
-        .batch
-        .submit_job()
-        .job_name("render")
-        .job_queue("test-queue")
-        .job_definition(def.job_definition_arn().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let job_id = job.job_id().unwrap().to_owned();
+    let timeline = Timeline::new().running(1).logs(&refs).succeeded();
+    let job_id = fake.submit_jobs(vec![timeline]).await.remove(0);
     // Let the job reach its end so `logs` reads a finished stream.
     for _ in 0..4 {
         clients
@@ -179,13 +153,4 @@ async fn main() {
         ms(sdk_alone)
     );
     println!("GetLogEvents calls: {}", fake.calls("GetLogEvents"));
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -28,39 +28,6 @@ fn fast_config() -> TrackerConfig {
     }
 }
 
-/// Registers a definition and submits one job per timeline, returning the ids.
-async fn submit(fake: &FakeAws, timelines: Vec<Timeline>) -> Vec<String> {
-    let clients = fake.clients();
-    let def = clients
-        .batch
-        .register_job_definition()
-        .job_definition_name("mfbatch-test")
-        .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
-        .container_properties(
-            aws_sdk_batch::types::ContainerProperties::builder()
-                .image("python:3.11")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("register");
-    let mut ids = Vec::new();
-    for timeline in timelines {
-        fake.script_next_job(timeline);
-        let out = clients
-            .batch
-            .submit_job()
-            .job_name(format!("job{}", ids.len()))
-            .job_queue("test-queue")
-            .job_definition(def.job_definition_arn().unwrap())
-            .send()
-            .await
-            .expect("submit");
-        ids.push(out.job_id().unwrap().to_owned());
-    }
-    ids
-}
-
 type Followed = (
     Vec<String>,
     Vec<JobStatus>,
@@ -128,7 +95,7 @@ async fn twenty_thousand_lines_arrive_exactly_once_in_order() {
         .logs(&refs(&early))
         .logs_when_done(&refs(&late))
         .succeeded();
-    let ids = submit(&fake, vec![timeline]).await;
+    let ids = fake.submit_jobs(vec![timeline]).await;
     let (lines, statuses, outcome, _) = follow_one(&fake, &ids[0]).await;
     let expected: Vec<String> = early.into_iter().chain(late).collect();
     assert_eq!(lines.len(), expected.len());
@@ -148,7 +115,7 @@ async fn throttling_and_server_errors_lose_and_repeat_nothing() {
         .running(6)
         .logs(&refs(&expected))
         .succeeded();
-    let ids = submit(&fake, vec![timeline]).await;
+    let ids = fake.submit_jobs(vec![timeline]).await;
     let (lines, _, outcome, _) = follow_with_clients(clients_without_retries(&fake), &ids[0]).await;
     assert_eq!(lines.len(), expected.len());
     assert!(lines == expected, "lines differ under faults");
@@ -171,7 +138,7 @@ async fn a_stream_that_appears_late_and_lines_after_the_end_are_read() {
         .logs_when_done(&["written just before exit"])
         .succeeded()
         .hidden_for(2);
-    let ids = submit(&fake, vec![timeline]).await;
+    let ids = fake.submit_jobs(vec![timeline]).await;
     let (lines, _, outcome, _) = follow_one(&fake, &ids[0]).await;
     assert_eq!(lines, ["first", "second", "written just before exit"]);
     assert!(outcome.succeeded());
@@ -190,7 +157,7 @@ async fn every_attempt_has_its_stream_followed() {
         .running(2)
         .logs(&["attempt two"])
         .exit(0);
-    let ids = submit(&fake, vec![timeline]).await;
+    let ids = fake.submit_jobs(vec![timeline]).await;
     let (lines, _, outcome, attempts) = follow_one(&fake, &ids[0]).await;
     assert_eq!(lines, ["attempt one", "attempt two"]);
     assert_eq!(attempts, [1, 2]);
@@ -213,7 +180,7 @@ async fn failures_are_explained() {
         Timeline::new()
             .failed_without_attempt("CannotPullContainerError: pull access denied for nope"),
     ];
-    let ids = submit(&fake, timelines).await;
+    let ids = fake.submit_jobs(timelines).await;
     let expected = [
         (Some(3), FailureKind::ExitCode),
         (None, FailureKind::OutOfMemory),
@@ -242,7 +209,7 @@ async fn many_jobs_share_batched_describe_calls() {
                 .succeeded()
         })
         .collect();
-    let ids = submit(&fake, timelines).await;
+    let ids = fake.submit_jobs(timelines).await;
     let tracker = Tracker::new(&fake.clients(), fast_config());
     let handles: Vec<_> = ids
         .iter()
@@ -281,7 +248,9 @@ async fn many_jobs_share_batched_describe_calls() {
 #[tokio::test]
 async fn stopping_a_job_terminates_it_with_the_reason() {
     let fake = FakeAws::start().await;
-    let ids = submit(&fake, vec![Timeline::new().running(100_000).succeeded()]).await;
+    let ids = fake
+        .submit_jobs(vec![Timeline::new().running(100_000).succeeded()])
+        .await;
     let tracker = Tracker::new(&fake.clients(), fast_config());
     let handle = tracker.follow(FollowRequest::new(ids[0].clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -330,7 +299,7 @@ async fn a_job_stuck_in_runnable_is_reported_then_stopped_on_timeout() {
         .status(JobStatus::Runnable, 1_000_000)
         .reason("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is higher than that can be met by the CE(s) attached to the job queue.")
         .succeeded();
-    let ids = submit(&fake, vec![stuck]).await;
+    let ids = fake.submit_jobs(vec![stuck]).await;
     let config = TrackerConfig {
         runnable_warning: Duration::from_millis(100),
         runnable_timeout: Some(Duration::from_millis(400)),
@@ -382,14 +351,11 @@ async fn dropped_connections_lose_and_repeat_nothing() {
     fake.set_random_faults(0.2, 0.05, &["GetLogEvents", "DescribeJobs"]);
     let proxy = support::flaky_proxy::FlakyProxy::start(&fake.uri(), 0.2, 9).await;
     let expected = numbered(8_000, "y");
-    let ids = submit(
-        &fake,
-        vec![Timeline::new()
-            .running(5)
-            .logs(&refs(&expected))
-            .succeeded()],
-    )
-    .await;
+    let timeline = Timeline::new()
+        .running(5)
+        .logs(&refs(&expected))
+        .succeeded();
+    let ids = fake.submit_jobs(vec![timeline]).await;
     let config = fake
         .sdk_config()
         .to_builder()

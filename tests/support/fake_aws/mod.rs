@@ -597,6 +597,40 @@ impl FakeAws {
             .expect("the config has a region")
     }
 
+    /// Submits one job per timeline through the SDK, as another client of the account would
+    /// (under a minimal job definition registered for them); returns the ids in order.
+    pub async fn submit_jobs(&self, timelines: Vec<Timeline>) -> Vec<String> {
+        let clients = self.clients();
+        let definition = clients
+            .batch
+            .register_job_definition()
+            .job_definition_name("mfbatch-test")
+            .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
+            .container_properties(
+                aws_sdk_batch::types::ContainerProperties::builder()
+                    .image(IMAGE)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("register a definition");
+        let mut ids = Vec::with_capacity(timelines.len());
+        for timeline in timelines {
+            self.script_next_job(timeline);
+            let out = clients
+                .batch
+                .submit_job()
+                .job_name(format!("job{}", ids.len()))
+                .job_queue(QUEUE)
+                .job_definition(definition.job_definition_arn().unwrap_or_default())
+                .send()
+                .await
+                .expect("submit a job");
+            ids.push(out.job_id().unwrap_or_default().to_owned());
+        }
+        ids
+    }
+
     /// The whole environment of a spawned `mfbatch` (add `PATH` if it needs one): this fake as
     /// the endpoint, static credentials, no `~/.aws` files, and the Metaflow settings a run needs.
     pub fn cli_env(&self, home: &Path) -> Vec<(String, String)> {
