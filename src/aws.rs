@@ -11,6 +11,9 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use crate::error::ConfigError;
 
+/// Idle connections kept per endpoint.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+
 /// The three clients mfbatch uses, sharing one configuration.
 #[derive(Debug, Clone)]
 pub struct Clients {
@@ -33,8 +36,11 @@ impl Clients {
     /// Loads the standard chain (environment, `~/.aws/config`, SSO, instance roles), including
     /// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>`.
     pub async fn from_environment(options: &ClientOptions) -> Result<Self, ConfigError> {
-        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(
-            |settings, components| {
+        // Calls are paced by the rate budgets, so a few connections suffice; an unbounded idle
+        // pool would keep a read buffer per connection after every burst.
+        let http = aws_smithy_http_client::Builder::new()
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+            .build_with_connector_fn(|settings, components| {
                 let mut builder = aws_smithy_http_client::Connector::builder()
                     .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
                 builder.set_connector_settings(settings.cloned());
@@ -44,8 +50,7 @@ impl Clients {
                 builder
                     .tls_provider(Provider::Rustls(CryptoMode::Ring))
                     .build()
-            },
-        );
+            });
         let retry = RetryConfig::standard().with_max_attempts(options.max_attempts.unwrap_or(5));
         let config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
