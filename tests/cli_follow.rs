@@ -289,3 +289,44 @@ async fn logs_status_and_kill_work_on_earlier_jobs() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_pick_an_attempt_and_show_timestamps() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(
+        Timeline::new()
+            .running(1)
+            .logs(&["first try"])
+            .attempt_failed(
+                AttemptEnd::exit(1).status_reason("Host EC2 (instance i-1) terminated."),
+            )
+            .status(JobStatus::Runnable, 1)
+            .running(1)
+            .logs(&["second try"])
+            .succeeded(),
+    );
+    let cli = cli(&fake);
+    let id = run(&cli, &["run", "step.py", "--detach"])
+        .await
+        .stdout
+        .trim()
+        .to_owned();
+
+    let out = run(&cli, &["logs", &id]).await;
+    assert_eq!(out.stdout, "first try\nsecond try\n", "{}", out.render());
+    let out = run(&cli, &["logs", &id, "--attempt", "2"]).await;
+    assert_eq!(out.stdout, "second try\n", "{}", out.render());
+    let out = run(&cli, &["logs", &id, "--attempt", "1", "--timestamps"]).await;
+    let line = out.stdout.trim_end();
+    let (stamp, message) = line.split_once(' ').expect("a timestamp, then the line");
+    assert_eq!(message, "first try");
+    assert!(
+        stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "RFC 3339 UTC with milliseconds: {stamp}"
+    );
+    let out = run(&cli, &["logs", &id, "--attempt", "0"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.render());
+    let out = run(&cli, &["logs", &id, "--since", "soon"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.render());
+    assert!(out.stderr.contains("--since"), "{}", out.stderr);
+}
