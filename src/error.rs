@@ -144,6 +144,8 @@ pub struct AwsError {
     pub service: Service,
     pub call: &'static str,
     pub code: Option<String>,
+    /// The service's own message, when it sent one.
+    pub message: Option<String>,
     pub kind: AwsErrorKind,
     #[source]
     pub source: BoxError,
@@ -167,6 +169,7 @@ impl AwsError {
         use aws_smithy_runtime_api::client::result::SdkError;
         use aws_smithy_types::error::metadata::ProvideErrorMetadata;
         let code = err.code().map(str::to_owned);
+        let message = err.message().map(str::to_owned);
         let kind = match &err {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 // The SDK reports a failed credential lookup as a dispatch failure with no code;
@@ -187,6 +190,7 @@ impl AwsError {
             service,
             call,
             code,
+            message,
             kind,
             source: Box::new(err),
         }

@@ -275,7 +275,11 @@ pub async fn execute(
         registered: registered.newly_registered,
     });
     plan.submit_job.job_definition = registered.arn.clone();
-    let job_id = plan.submit_job.send(&clients.batch).await?;
+    let job_id = if registered.newly_registered {
+        plan.submit_job.send_after_register(&clients.batch).await?
+    } else {
+        plan.submit_job.send(&clients.batch).await?
+    };
     events(Event::Submitted {
         job_id: job_id.clone(),
         job_name: plan.submit_job.job_name.clone(),

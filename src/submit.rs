@@ -14,6 +14,21 @@ pub const MAX_OVERRIDES_CHARS: usize = 8192;
 /// Batch's limit on the whole SubmitJob request.
 pub const MAX_REQUEST_BYTES: usize = 30 * 1024;
 
+/// Tries of SubmitJob while a just-registered definition is not yet visible (0.5 + 1 + 2 s).
+const DEFINITION_VISIBLE_TRIES: usize = 4;
+
+/// Whether Batch said the job definition does not exist.
+fn definition_not_visible(e: &AwsError) -> bool {
+    let message = e
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    e.code.as_deref() == Some("ClientException")
+        && message.contains("definition")
+        && (message.contains("not found") || message.contains("does not exist"))
+}
+
 /// The body of SubmitJob, exactly as sent.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,6 +114,26 @@ impl SubmitRequest {
             .expect("serializes")
             .chars()
             .count()
+    }
+
+    /// Sends the request right after its job definition was registered. For a moment Batch may
+    /// not know the new definition yet (eventual consistency) and answer with a ClientException,
+    /// which the SDK does not retry; that answer alone is retried a few times.
+    pub async fn send_after_register(
+        &self,
+        client: &aws_sdk_batch::Client,
+    ) -> Result<String, AwsError> {
+        let mut wait = std::time::Duration::from_millis(500);
+        for _ in 1..DEFINITION_VISIBLE_TRIES {
+            match self.send(client).await {
+                Err(e) if definition_not_visible(&e) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.send(client).await
     }
 
     /// Sends the request and returns the job id.

@@ -755,3 +755,29 @@ async fn a_cold_run_makes_seven_calls_and_a_warm_one_five() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_definition_not_yet_visible_to_submit_job_is_waited_for() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    let not_found = Fault::Custom {
+        status: 400,
+        code: "ClientException".into(),
+        message: "Job definition mfbatch-x:1 not found".into(),
+    };
+    fake.fail_next("SubmitJob", 1, not_found.clone());
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    result.expect("submitted on the second try");
+    assert_eq!(fake.calls("SubmitJob"), 2);
+    assert_eq!(fake.jobs().len(), 1);
+
+    // A reused definition gets no such patience: the error is the user's to see.
+    fake.fail_next("SubmitJob", 1, not_found);
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    let err = result.expect_err("not retried");
+    assert!(
+        matches!(err, LaunchError::Aws(ref e) if e.code.as_deref() == Some("ClientException")),
+        "{err:?}"
+    );
+    assert_eq!(fake.calls("SubmitJob"), 3);
+}
