@@ -4,7 +4,8 @@
 //!
 //! Time is compressed: every interval of the default [`TrackerConfig`] is divided by `--speedup`
 //! (default 60, so one real second is one simulated minute) and the call budgets are multiplied
-//! by it, so the calls per simulated minute are what a real process would make.
+//! by it, so the calls per simulated minute are what a real process would make. The fake serves
+//! from a child process, so the peak memory reported is the follower's own.
 //!
 //! `cargo run --release --example follow_many -- [--jobs 1000] [--speedup 60] [--minutes 60]`
 
@@ -15,23 +16,32 @@ mod measure;
 #[allow(dead_code, unused_imports)]
 mod fake_aws;
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_aws::{FakeAws, Timeline};
 use measure::{arg, peak_rss_kib};
-use mfbatch::event::{Event, JobStatus};
+use mfbatch::event::{Event, EventSink, JobStatus};
 use mfbatch::track::{FollowRequest, Tracker, TrackerConfig};
+use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() {
-    let (jobs, speedup, minutes) = (
-        arg("--jobs", 1000),
-        arg("--speedup", 60) as u32,
-        arg("--minutes", 60),
-    );
+    let jobs = arg("--jobs", 1000);
+    if std::env::args().any(|a| a == "--serve") {
+        serve(jobs).await;
+    } else {
+        follow(jobs, arg("--speedup", 60) as u32, arg("--minutes", 60)).await;
+    }
+}
 
+/// The child: scripts and submits the jobs on a fake, prints its address and the ids, serves
+/// until told to report its call counts.
+async fn serve(jobs: usize) {
     let fake = FakeAws::start().await;
-    let clients = fake.clients();
     // A mix of jobs: waiting for capacity, short and long runs, lines that arrive after the end.
     let mut rng = fastrand::Rng::with_seed(42);
     let timelines = (0..jobs)
@@ -49,29 +59,49 @@ async fn main() {
         })
         .collect();
     let ids = fake.submit_jobs(timelines).await;
-    let submits = fake.total_calls();
-    let rss_after_setup = peak_rss_kib();
+    let setup_calls = fake.total_calls();
+    println!("{}", json!({"uri": fake.uri(), "ids": ids}));
+    let mut line = String::new();
+    let stdin = tokio::task::spawn_blocking(move || {
+        let _ = std::io::stdin().read_line(&mut line);
+    });
+    let _ = stdin.await;
+    let describes: Vec<usize> = fake
+        .requests("DescribeJobs")
+        .iter()
+        .map(|b| b["jobs"].as_array().map_or(0, Vec::len))
+        .collect();
+    let report = json!({
+        "describe_sizes": describes,
+        "get_log_events": fake.calls("GetLogEvents"),
+        "following_calls": fake.total_calls() - setup_calls,
+    });
+    println!("{report}");
+}
 
-    let defaults = TrackerConfig::default();
-    let config = TrackerConfig {
-        batch_calls_per_second: defaults.batch_calls_per_second * f64::from(speedup),
-        logs_calls_per_second: defaults.logs_calls_per_second * f64::from(speedup),
-        poll_min: defaults.poll_min / speedup,
-        poll_max: defaults.poll_max / speedup,
-        log_min_interval: defaults.log_min_interval / speedup,
-        log_max_interval: defaults.log_max_interval / speedup,
-        drain_quiet: defaults.drain_quiet / speedup,
-        drain_max: defaults.drain_max / speedup,
-        not_found_grace: defaults.not_found_grace / speedup,
-        runnable_warning: defaults.runnable_warning / speedup,
-        runnable_timeout: None,
-    };
-    let tracker = Tracker::new(&clients, config);
-    let lines = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// The parent: follows every job through one tracker and reports.
+async fn follow(jobs: usize, speedup: u32, minutes: usize) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--serve", "--jobs", &jobs.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the fake");
+    let mut from_child = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    from_child.read_line(&mut first).unwrap();
+    let hello: Value = serde_json::from_str(&first).expect("the fake's address and job ids");
+    let ids: Vec<String> = serde_json::from_value(hello["ids"].clone()).unwrap();
+    let config = FakeAws::sdk_config_for(hello["uri"].as_str().unwrap());
+    let clients = mfbatch::aws::Clients::from_sdk_config(&config, &Default::default()).unwrap();
+    let rss_before = peak_rss_kib();
+
+    let tracker = Tracker::new(&clients, scaled(speedup));
+    let lines = Arc::new(AtomicUsize::new(0));
     let counter = lines.clone();
-    let sink: mfbatch::event::EventSink = std::sync::Arc::new(move |event| {
+    let sink: EventSink = Arc::new(move |event| {
         if let Event::Log { .. } = event {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     });
     let start = Instant::now();
@@ -88,53 +118,70 @@ async fn main() {
         }
     }
     let real = start.elapsed();
-    let simulated_minutes = real.as_secs_f64() * f64::from(speedup) / 60.0;
+    let rss_after = peak_rss_kib();
 
-    let calls = fake.call_log();
-    let describes: Vec<usize> = fake
-        .requests("DescribeJobs")
-        .iter()
-        .map(|b| b["jobs"].as_array().map_or(0, Vec::len))
-        .collect();
-    let get_logs = fake.calls("GetLogEvents");
+    let mut to_child = child.stdin.take().unwrap();
+    writeln!(to_child, "report").unwrap();
+    let mut report = String::new();
+    from_child.read_line(&mut report).unwrap();
+    let _ = child.wait();
+    let report: Value = serde_json::from_str(&report).expect("the fake's report");
+    let describes: Vec<usize> = serde_json::from_value(report["describe_sizes"].clone()).unwrap();
+    let get_logs = report["get_log_events"].as_u64().unwrap() as usize;
+
+    let simulated_minutes = real.as_secs_f64() * f64::from(speedup) / 60.0;
     let per_min = |n: usize| n as f64 / simulated_minutes;
-    // The baseline polls every job once a second while it lives, and reads each log stream once a
-    // second while the job runs (what one `aws logs tail --follow` per job does).
-    let baseline_describes = jobs as f64 * 60.0;
+    // The baseline polls every job once a second, and reads each job's log stream once a second
+    // (what one `aws logs tail --follow` per job does).
+    let baseline = jobs as f64 * 60.0;
     println!(
         "jobs: {jobs}, finished: {finished}, log lines delivered: {}",
-        lines.load(std::sync::atomic::Ordering::Relaxed)
+        lines.load(Ordering::Relaxed)
     );
     println!(
         "simulated time: {simulated_minutes:.1} min ({:.1} s real, speedup {speedup})",
         real.as_secs_f64()
     );
     println!(
-        "DescribeJobs:  {:>6} calls = {:>8.1}/min  (baseline {:>8.0}/min, ratio {:.4}); largest batch {} ids, mean {:.1}",
+        "DescribeJobs:  {:>6} calls = {:>8.1}/min  (baseline {baseline:>8.0}/min, ratio {:.4}); largest batch {} ids, mean {:.1}",
         describes.len(),
         per_min(describes.len()),
-        baseline_describes,
-        per_min(describes.len()) / baseline_describes,
+        per_min(describes.len()) / baseline,
         describes.iter().max().unwrap_or(&0),
         describes.iter().sum::<usize>() as f64 / describes.len().max(1) as f64
     );
     println!(
-        "GetLogEvents:  {:>6} calls = {:>8.1}/min  (baseline {:>8.0}/min, ratio {:.4})",
+        "GetLogEvents:  {:>6} calls = {:>8.1}/min  (baseline {baseline:>8.0}/min, ratio {:.4})",
         get_logs,
         per_min(get_logs),
-        baseline_describes,
-        per_min(get_logs) / baseline_describes
+        per_min(get_logs) / baseline
     );
     println!(
-        "all calls while following: {} (plus {submits} to set up); tracker budget grants: {:?}",
-        calls.len() - submits,
+        "all calls while following: {}; tracker budget grants (Batch, Logs): {:?}",
+        report["following_calls"],
         tracker.calls()
     );
-    // The fake runs in this process too (its state and call log grow as it answers), so the
-    // growth while following is an upper bound of what the tracker itself needs.
     println!(
-        "peak RSS: {} MiB after setting up the fake and jobs, {} MiB after following",
-        rss_after_setup / 1024,
-        peak_rss_kib() / 1024
+        "peak RSS of the following process: {} MiB with clients built, {} MiB after following",
+        rss_before / 1024,
+        rss_after / 1024
     );
+}
+
+/// The default configuration with time compressed by `speedup`.
+fn scaled(speedup: u32) -> TrackerConfig {
+    let d = TrackerConfig::default();
+    TrackerConfig {
+        batch_calls_per_second: d.batch_calls_per_second * f64::from(speedup),
+        logs_calls_per_second: d.logs_calls_per_second * f64::from(speedup),
+        poll_min: d.poll_min / speedup,
+        poll_max: d.poll_max / speedup,
+        log_min_interval: d.log_min_interval / speedup,
+        log_max_interval: d.log_max_interval / speedup,
+        drain_quiet: d.drain_quiet / speedup,
+        drain_max: d.drain_max / speedup,
+        not_found_grace: d.not_found_grace / speedup,
+        runnable_warning: d.runnable_warning / speedup,
+        runnable_timeout: None,
+    }
 }

@@ -560,7 +560,14 @@ impl FakeAws {
     /// A hermetic SDK configuration for this fake: fixed region and static credentials (nothing
     /// read from the environment or `~/.aws`), fast retries, short timeouts.
     pub fn sdk_config(&self) -> SdkConfig {
+        Self::sdk_config_for(&self.uri())
+    }
+
+    /// [`FakeAws::sdk_config`] for a fake at `uri`, e.g. one serving from another process.
+    pub fn sdk_config_for(uri: &str) -> SdkConfig {
+        // The same idle-pool bound as mfbatch's own clients (`aws::Clients::from_environment`).
         let http = aws_smithy_http_client::Builder::new()
+            .pool_max_idle_per_host(16)
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
         SdkConfig::builder()
@@ -573,7 +580,7 @@ impl FakeAws {
                 None,
                 "fake-aws",
             )))
-            .endpoint_url(self.uri())
+            .endpoint_url(uri)
             .http_client(http)
             .retry_config(
                 RetryConfig::standard()
