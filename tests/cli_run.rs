@@ -25,17 +25,7 @@ fn project(fake: &FakeAws) -> Cli {
 }
 
 fn env_of(submit: &Value) -> Vec<(String, String)> {
-    submit["containerOverrides"]["environment"]
-        .as_array()
-        .expect("an environment")
-        .iter()
-        .map(|kv| {
-            (
-                kv["name"].as_str().unwrap().to_owned(),
-                kv["value"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    support::name_values(&submit["containerOverrides"]["environment"])
 }
 
 fn has_env(submit: &Value, name: &str, value: &str) -> bool {

@@ -94,31 +94,13 @@ async fn launch(fake: &FakeAws, spec: JobSpec) -> (Result<Submitted, LaunchError
 
 /// `containerOverrides.environment` of a SubmitJob body, as a map.
 fn environment(submit: &Value) -> BTreeMap<String, String> {
-    submit["containerOverrides"]["environment"]
-        .as_array()
-        .expect("an environment")
-        .iter()
-        .map(|kv| {
-            (
-                kv["name"].as_str().unwrap().to_owned(),
-                kv["value"].as_str().unwrap().to_owned(),
-            )
-        })
+    name_values(&submit["containerOverrides"]["environment"])
+        .into_iter()
         .collect()
 }
 
 fn resources(submit: &Value) -> Vec<(String, String)> {
-    submit["containerOverrides"]["resourceRequirements"]
-        .as_array()
-        .expect("resource requirements")
-        .iter()
-        .map(|r| {
-            (
-                r["type"].as_str().unwrap().to_owned(),
-                r["value"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    name_values(&submit["containerOverrides"]["resourceRequirements"])
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {

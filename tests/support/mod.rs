@@ -37,3 +37,20 @@ pub fn incompressible(n: usize, seed: u64) -> Vec<u8> {
     rng.fill(&mut out);
     out
 }
+
+/// A list of `{"name"|"type": …, "value": …}` objects (environment, resource requirements) as
+/// pairs, in order.
+pub fn name_values(list: &serde_json::Value) -> Vec<(String, String)> {
+    list.as_array()
+        .expect("a list of name/value objects")
+        .iter()
+        .map(|kv| {
+            let name = kv
+                .get("name")
+                .or_else(|| kv.get("type"))
+                .and_then(|v| v.as_str());
+            let value = kv["value"].as_str();
+            (name.unwrap().to_owned(), value.unwrap().to_owned())
+        })
+        .collect()
+}
