@@ -1,8 +1,9 @@
 //! The launch path: package the code, learn what AWS already has (read-only), then upload,
 //! register and submit only what is missing.
 //!
-//! Split in three so `--dry-run` can stop after the read-only [`plan`]: [`prepare`] works on this
-//! machine only, [`plan`] only reads from AWS, [`execute`] is the only step that changes anything.
+//! Split in steps so a caller can stop between them: [`prepare`] works on this machine only,
+//! [`plan`] only reads from AWS (`--dry-run` stops there), [`stage`] uploads and registers what is
+//! missing (safe to abandon), and [`submit`] creates the job. [`execute`] is `stage` + `submit`.
 
 use std::path::PathBuf;
 
@@ -230,14 +231,34 @@ pub struct Submitted {
     pub package_url: String,
 }
 
+/// A launch with its package stored and its definition registered: only SubmitJob is left.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub submit_job: SubmitRequest,
+    pub job_definition: Registered,
+    pub package_url: String,
+}
+
 /// Uploads the package and registers the definition when missing, then submits the job.
 pub async fn execute(
     clients: &Clients,
     prepared: &Prepared,
-    mut plan: Plan,
+    plan: Plan,
     events: &EventSink,
 ) -> Result<Submitted, LaunchError> {
-    let target = prepared.spec.batch().expect("execute is for Batch jobs");
+    let staged = stage(clients, prepared, plan, events).await?;
+    submit(clients, staged, events).await
+}
+
+/// Uploads the package and registers the definition when missing. Safe to abandon at any point:
+/// what it leaves behind is content-addressed and reused by the next run.
+pub async fn stage(
+    clients: &Clients,
+    prepared: &Prepared,
+    mut plan: Plan,
+    events: &EventSink,
+) -> Result<Staged, LaunchError> {
+    let target = prepared.spec.batch().expect("stage is for Batch jobs");
     let upload = async {
         if plan.package_present {
             events(Event::UploadSkipped {
@@ -275,22 +296,41 @@ pub async fn execute(
         registered: registered.newly_registered,
     });
     plan.submit_job.job_definition = registered.arn.clone();
-    let job_id = if registered.newly_registered {
-        plan.submit_job.send_after_register(&clients.batch).await?
+    Ok(Staged {
+        submit_job: plan.submit_job,
+        job_definition: registered,
+        package_url: plan.package_url,
+    })
+}
+
+/// Submits the staged job. Once this is called, let it finish: abandoning it mid-call can leave
+/// a job that nobody knows the id of.
+pub async fn submit(
+    clients: &Clients,
+    staged: Staged,
+    events: &EventSink,
+) -> Result<Submitted, LaunchError> {
+    let Staged {
+        submit_job,
+        job_definition,
+        package_url,
+    } = staged;
+    let job_id = if job_definition.newly_registered {
+        submit_job.send_after_register(&clients.batch).await?
     } else {
-        plan.submit_job.send(&clients.batch).await?
+        submit_job.send(&clients.batch).await?
     };
     events(Event::Submitted {
         job_id: job_id.clone(),
-        job_name: plan.submit_job.job_name.clone(),
-        queue: plan.submit_job.job_queue.clone(),
+        job_name: submit_job.job_name.clone(),
+        queue: submit_job.job_queue.clone(),
     });
     Ok(Submitted {
         job_id,
-        job_name: plan.submit_job.job_name.clone(),
-        queue: plan.submit_job.job_queue.clone(),
-        job_definition: registered,
-        package_url: plan.package_url,
+        job_name: submit_job.job_name,
+        queue: submit_job.job_queue,
+        job_definition,
+        package_url,
     })
 }
 

@@ -330,3 +330,26 @@ async fn logs_can_pick_an_attempt_and_show_timestamps() {
     assert_eq!(out.code, Some(2), "{}", out.render());
     assert!(out.stderr.contains("--since"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_before_submitting_creates_no_job() {
+    let fake = FakeAws::start().await;
+    let cli = cli(&fake);
+    // Big enough that the upload is still going when the interrupt comes.
+    support::write_file(
+        cli.work(),
+        "weights.py",
+        support::incompressible(96 << 20, 1),
+    );
+    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "Uploading"));
+    interrupt(&child);
+    let code =
+        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
+    assert!(rest.contains("no job was created"), "{rest}");
+    assert_eq!(fake.calls("SubmitJob"), 0);
+}

@@ -7,14 +7,22 @@ use std::sync::{Arc, Mutex};
 use mfbatch::aws::Clients;
 use mfbatch::event::{Event, EventSink, JobStatus, Outcome};
 use mfbatch::track::{FollowRequest, TrackError, Tracker, TrackerConfig};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
 use super::exit;
 use super::failure::Failure;
 use super::render::{RenderOptions, Renderer};
 use super::report::print_error;
+use super::signals::Signals;
 use super::style::Style;
+
+/// How interrupts are handled while following.
+pub struct Interrupts<'a> {
+    pub on_interrupt: OnInterrupt,
+    pub signals: &'a mut Signals,
+    /// A signal came while the job was being submitted: act on it at once.
+    pub already_interrupted: bool,
+}
 
 /// What Ctrl-C means while following.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +39,14 @@ pub async fn follow(
     config: TrackerConfig,
     requests: Vec<FollowRequest>,
     renderer: Renderer,
-    on_interrupt: OnInterrupt,
+    interrupts: Interrupts<'_>,
     style: Style,
 ) -> Result<u8, Failure> {
+    let Interrupts {
+        on_interrupt,
+        signals,
+        already_interrupted,
+    } = interrupts;
     let tracker = Tracker::new(clients, config);
     let statuses: Arc<Mutex<HashMap<String, JobStatus>>> = Arc::default();
     let sink = status_recording_sink(renderer.sink(), statuses.clone());
@@ -43,46 +56,50 @@ pub async fn follow(
         let handle = tracker.follow_with(request, sink.clone());
         jobs.spawn(handle.wait());
     }
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let mut interrupted = false;
+    let mut signalled = already_interrupted;
     let mut results: Vec<Result<Outcome, TrackError>> = Vec::new();
     loop {
+        if std::mem::take(&mut signalled) {
+            if interrupted || on_interrupt == OnInterrupt::Leave {
+                drop(sink);
+                renderer.finish().await;
+                if on_interrupt == OnInterrupt::StopJobs {
+                    eprintln!(
+                        "Left without waiting; follow later with: mfbatch logs {}",
+                        ids.join(" ")
+                    );
+                }
+                return Ok(exit::INTERRUPTED);
+            }
+            interrupted = true;
+            let pending: Vec<(String, Option<JobStatus>)> = {
+                let statuses = statuses.lock().expect("status lock");
+                ids.iter()
+                    .map(|id| (id.clone(), statuses.get(id).copied()))
+                    .filter(|(_, s)| !s.is_some_and(JobStatus::is_terminal))
+                    .collect()
+            };
+            for (job_id, status) in pending {
+                let reason = "interrupted: stopped by the user with mfbatch".to_owned();
+                sink(Event::Terminating {
+                    job_id: job_id.clone(),
+                    reason: reason.clone(),
+                });
+                if let Err(e) = tracker.stop(&job_id, status, &reason).await {
+                    print_error(&style, &e, e.hint());
+                }
+            }
+            sink(Event::Warning(mfbatch::event::Warning::Notice {
+                message: "waiting for the jobs to stop (Ctrl-C again to leave now)".into(),
+            }));
+        }
         tokio::select! {
             joined = jobs.join_next() => match joined {
                 Some(result) => results.push(result.expect("job tasks do not panic")),
                 None => break,
             },
-            _ = async { tokio::select! { _ = sigint.recv() => {}, _ = sigterm.recv() => {} } } => {
-                if interrupted || on_interrupt == OnInterrupt::Leave {
-                    drop(sink);
-                    renderer.finish().await;
-                    if on_interrupt == OnInterrupt::StopJobs {
-                        eprintln!("Left without waiting; follow later with: mfbatch logs {}", ids.join(" "));
-                    }
-                    return Ok(exit::INTERRUPTED);
-                }
-                interrupted = true;
-                let pending: Vec<(String, Option<JobStatus>)> = {
-                    let statuses = statuses.lock().expect("status lock");
-                    ids.iter()
-                        .map(|id| (id.clone(), statuses.get(id).copied()))
-                        .filter(|(_, s)| !s.is_some_and(JobStatus::is_terminal))
-                        .collect()
-                };
-                for (job_id, status) in pending {
-                    let reason = "interrupted: stopped by the user with mfbatch".to_owned();
-                    sink(Event::Terminating { job_id: job_id.clone(), reason: reason.clone() });
-                    if let Err(e) = tracker.stop(&job_id, status, &reason).await {
-                        print_error(&style, &e, e.hint());
-                    }
-                }
-                sink(Event::Warning(mfbatch::event::Warning::Notice {
-                    message: "waiting for the jobs to stop (Ctrl-C again to leave now)".into(),
-                }));
-            }
+            _ = signals.recv() => signalled = true,
         }
     }
     drop(sink);

@@ -9,8 +9,9 @@ use mfbatch::track::{logs::start_time_for, stop_job, FollowRequest, RateBudget, 
 use super::args::{KillArgs, LogsArgs, Output, StatusArgs};
 use super::exit;
 use super::failure::Failure;
-use super::follow::{self, OnInterrupt};
+use super::follow::{self, Interrupts, OnInterrupt};
 use super::run::parse_duration;
+use super::signals::Signals;
 use super::Global;
 
 async fn clients() -> Result<Clients, Failure> {
@@ -27,6 +28,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
     if args.attempt == Some(0) {
         return Err(Failure::usage_message("--attempt counts from 1", None));
     }
+    let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let clients = clients().await?;
     let requests = args
         .job_ids
@@ -43,7 +45,11 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         follow::tracker_config(None, None),
         requests,
         follow::renderer(&global, args.job_ids.len() > 1, args.timestamps),
-        OnInterrupt::Leave,
+        Interrupts {
+            on_interrupt: OnInterrupt::Leave,
+            signals: &mut signals,
+            already_interrupted: false,
+        },
         global.style,
     )
     .await

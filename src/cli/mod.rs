@@ -10,6 +10,7 @@ mod jobs_cmd;
 mod render;
 mod report;
 mod run;
+mod signals;
 mod style;
 
 use std::process::ExitCode;

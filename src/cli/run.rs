@@ -11,8 +11,9 @@ use super::args::{Output, RunArgs};
 use super::config_cmd;
 use super::exit;
 use super::failure::Failure;
-use super::follow::{self, OnInterrupt};
+use super::follow::{self, Interrupts, OnInterrupt};
 use super::render::{RenderOptions, Renderer};
+use super::signals::Signals;
 use super::Global;
 use mfbatch::track::FollowRequest;
 
@@ -69,6 +70,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     })
     .await?;
 
+    let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let renderer = Renderer::start(RenderOptions {
         output: global.output,
         quiet: global.quiet,
@@ -77,55 +79,83 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         timestamps: false,
     });
     let events = renderer.sink();
-    let result = async {
+    // Everything before SubmitJob may be abandoned on an interrupt: what it leaves behind is
+    // content-addressed and reused by the next run, and no job exists yet.
+    let before_submit = async {
         let prepared = launch::prepare(spec, &events).await?;
         let plan = launch::plan(&clients, &prepared).await?;
         if args.dry_run {
-            return Ok::<_, launch::LaunchError>(Launched::DryRun(Box::new(dry_run_document(
-                &prepared, &plan,
-            ))));
+            let doc = dry_run_document(&prepared, &plan);
+            return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
         }
-        let submitted = launch::execute(&clients, &prepared, plan, &events).await?;
-        Ok(Launched::Submitted(submitted))
-    }
-    .await;
-    drop(events);
-    renderer.finish().await;
-    match result? {
-        Launched::DryRun(doc) => {
+        Ok(BeforeSubmit::Staged(Box::new(
+            launch::stage(&clients, &prepared, plan, &events).await?,
+        )))
+    };
+    let staged = tokio::select! {
+        staged = before_submit => Some(staged),
+        _ = signals.recv() => None,
+    };
+    let staged = match staged {
+        Some(Ok(BeforeSubmit::Staged(staged))) => staged,
+        Some(Ok(BeforeSubmit::DryRun(doc))) => {
+            close(renderer, events).await;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&doc).expect("serializes")
             );
-            Ok(exit::SUCCESS)
+            return Ok(exit::SUCCESS);
         }
-        Launched::Submitted(submitted) if args.detach => {
-            if global.output == Output::Text {
-                println!("{}", submitted.job_id);
-            }
-            Ok(exit::SUCCESS)
+        Some(Err(e)) => {
+            close(renderer, events).await;
+            return Err(e.into());
         }
-        Launched::Submitted(submitted) => {
-            let request = FollowRequest {
-                job_name: Some(submitted.job_name.clone()),
-                ..FollowRequest::new(submitted.job_id.clone())
-            };
-            follow::follow(
-                &clients,
-                follow::tracker_config(Some(runnable_warning), runnable_timeout),
-                vec![request],
-                follow::renderer(&global, false, false),
-                OnInterrupt::StopJobs,
-                global.style,
-            )
-            .await
+        None => {
+            close(renderer, events).await;
+            eprintln!("Interrupted before submitting: no job was created.");
+            return Ok(exit::INTERRUPTED);
         }
+    };
+    let submitted = launch::submit(&clients, *staged, &events).await;
+    // A signal during SubmitJob is acted on now that the job has an id.
+    let interrupted = signals.arrived().await;
+    close(renderer, events).await;
+    let submitted = submitted?;
+    if args.detach && !interrupted {
+        if global.output == Output::Text {
+            println!("{}", submitted.job_id);
+        }
+        return Ok(exit::SUCCESS);
     }
+    let request = FollowRequest {
+        job_name: Some(submitted.job_name.clone()),
+        ..FollowRequest::new(submitted.job_id.clone())
+    };
+    follow::follow(
+        &clients,
+        follow::tracker_config(Some(runnable_warning), runnable_timeout),
+        vec![request],
+        follow::renderer(&global, false, false),
+        Interrupts {
+            on_interrupt: OnInterrupt::StopJobs,
+            signals: &mut signals,
+            already_interrupted: interrupted,
+        },
+        global.style,
+    )
+    .await
 }
 
-enum Launched {
+/// Writes what the renderer has and stops it.
+async fn close(renderer: Renderer, events: mfbatch::event::EventSink) {
+    drop(events);
+    renderer.finish().await;
+}
+
+/// What happened before SubmitJob.
+enum BeforeSubmit {
     DryRun(Box<serde_json::Value>),
-    Submitted(launch::Submitted),
+    Staged(Box<launch::Staged>),
 }
 
 /// What `--dry-run` prints: the package manifest and the request bodies, exactly as they would be sent.
@@ -167,14 +197,10 @@ pub fn parse_duration(flag: &'static str, text: &str) -> Result<std::time::Durat
 
 /// `run --local`: the same package and bootstrap, as a process on this machine.
 async fn run_local(spec: mfbatch::spec::JobSpec, global: Global) -> Result<u8, Failure> {
-    use tokio::signal::unix::{signal, SignalKind};
     let renderer = follow::renderer(&global, false, false);
     let events = renderer.sink();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let mut interrupted = false;
     // `None`: a second interrupt, leave without waiting for the step.
     let result = {
@@ -190,7 +216,7 @@ async fn run_local(spec: mfbatch::spec::JobSpec, global: Global) -> Result<u8, F
         loop {
             tokio::select! {
                 result = &mut work => break Some(result),
-                _ = async { tokio::select! { _ = sigint.recv() => {}, _ = sigterm.recv() => {} } } => {
+                _ = signals.recv() => {
                     if interrupted {
                         break None;
                     }
