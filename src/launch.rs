@@ -180,6 +180,14 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
+        if platform == jobdef::Platform::Fargate && prepared.spec.resources.gpu > 0 {
+            return Err(ConfigError::InvalidFlag {
+                flag: "--gpu",
+                value: prepared.spec.resources.gpu.to_string(),
+                reason: format!("queue {} runs on Fargate, which has no GPUs", target.queue),
+            }
+            .into());
+        }
         let definition = JobDefinition::build(target, platform);
         let size = definition.json_len();
         if size > MAX_DEFINITION_BYTES {
@@ -266,7 +274,8 @@ pub async fn stage(
             });
             return Ok(());
         }
-        let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
+        let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone())
+            .with_server_side_encryption(target.s3_server_side_encryption.as_deref());
         events(Event::UploadStarted {
             url: plan.package_url.clone(),
             bytes: prepared.package.size,

@@ -142,6 +142,19 @@ fn batch_target(
             ));
         }
     }
+    let s3_server_side_encryption = match settings.resolved(Key::S3ServerSideEncryption) {
+        Some(r) if ["AES256", "aws:kms", "aws:kms:dsse"].contains(&r.value.as_str()) => {
+            Some(r.value.clone())
+        }
+        Some(r) => {
+            return Err(setting_error(
+                Key::S3ServerSideEncryption,
+                r,
+                "expected AES256, aws:kms or aws:kms:dsse".into(),
+            ))
+        }
+        None => None,
+    };
     let python = match &options.python {
         Some(v) => Some(
             PythonVersion::parse(v)
@@ -204,6 +217,7 @@ fn batch_target(
             .unwrap_or_default()
             .to_owned(),
         s3_endpoint_url,
+        s3_server_side_encryption,
         tags,
         timeout_seconds,
     })

@@ -25,6 +25,7 @@ pub enum Key {
     DatatoolsS3Root,
     CondaPackageS3Root,
     S3EndpointUrl,
+    S3ServerSideEncryption,
     BatchJobQueue,
     EcsS3AccessIamRole,
     BatchContainerImage,
@@ -38,11 +39,12 @@ pub enum Key {
 
 impl Key {
     /// Every key, in the order `mfbatch config` shows them.
-    pub const ALL: [Key; 13] = [
+    pub const ALL: [Key; 14] = [
         Key::DatastoreSysrootS3,
         Key::DatatoolsS3Root,
         Key::CondaPackageS3Root,
         Key::S3EndpointUrl,
+        Key::S3ServerSideEncryption,
         Key::BatchJobQueue,
         Key::EcsS3AccessIamRole,
         Key::BatchContainerImage,
@@ -61,6 +63,7 @@ impl Key {
             Key::DatatoolsS3Root => "METAFLOW_DATATOOLS_S3ROOT",
             Key::CondaPackageS3Root => "METAFLOW_CONDA_PACKAGE_S3ROOT",
             Key::S3EndpointUrl => "METAFLOW_S3_ENDPOINT_URL",
+            Key::S3ServerSideEncryption => "METAFLOW_S3_SERVER_SIDE_ENCRYPTION",
             Key::BatchJobQueue => "METAFLOW_BATCH_JOB_QUEUE",
             Key::EcsS3AccessIamRole => "METAFLOW_ECS_S3_ACCESS_IAM_ROLE",
             Key::BatchContainerImage => "METAFLOW_BATCH_CONTAINER_IMAGE",

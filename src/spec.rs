@@ -290,6 +290,8 @@ pub struct BatchTarget {
     pub datatools_root: String,
     pub conda_root: String,
     pub s3_endpoint_url: Option<String>,
+    /// `METAFLOW_S3_SERVER_SIDE_ENCRYPTION`: `AES256` or `aws:kms`, for uploads.
+    pub s3_server_side_encryption: Option<String>,
     pub tags: Tags,
     /// Seconds before Batch stops an attempt (`attemptDurationSeconds`, at least 60).
     pub timeout_seconds: Option<u64>,

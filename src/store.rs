@@ -48,11 +48,23 @@ pub trait PackageStore {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     root: S3Url,
+    server_side_encryption: Option<aws_sdk_s3::types::ServerSideEncryption>,
 }
 
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, root: S3Url) -> Self {
-        S3Store { client, root }
+        S3Store {
+            client,
+            root,
+            server_side_encryption: None,
+        }
+    }
+
+    /// Asks S3 to encrypt uploads this way (`AES256`, `aws:kms`); buckets whose policy demands
+    /// the header refuse uploads without it.
+    pub fn with_server_side_encryption(mut self, mode: Option<&str>) -> Self {
+        self.server_side_encryption = mode.map(aws_sdk_s3::types::ServerSideEncryption::from);
+        self
     }
 
     fn key(&self, sha256: &str) -> String {
@@ -72,6 +84,7 @@ impl S3Store {
             .bucket(&self.root.bucket)
             .key(key)
             .content_type("application/gzip")
+            .set_server_side_encryption(self.server_side_encryption.clone())
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(Service::S3, "CreateMultipartUpload", e))?;
@@ -186,6 +199,7 @@ impl PackageStore for S3Store {
             .bucket(&self.root.bucket)
             .key(&key)
             .content_type("application/gzip")
+            .set_server_side_encryption(self.server_side_encryption.clone())
             // Atomic "upload unless present" where S3 supports it; the name is the content hash,
             // so losing that race is success.
             .if_none_match("*")

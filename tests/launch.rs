@@ -763,3 +763,80 @@ async fn a_definition_not_yet_visible_to_submit_job_is_waited_for() {
     );
     assert_eq!(fake.calls("SubmitJob"), 3);
 }
+
+#[tokio::test]
+async fn uploads_ask_for_the_configured_server_side_encryption() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    let env = [("METAFLOW_S3_SERVER_SIDE_ENCRYPTION", Some("aws:kms"))];
+    let (result, _) = launch(&fake, spec_with(dir.path(), &env, RunOptions::default())).await;
+    result.unwrap();
+    let put = fake
+        .call_log()
+        .into_iter()
+        .find(|c| c.op == "PutObject")
+        .expect("an upload");
+    assert_eq!(put.body["server_side_encryption"], "aws:kms");
+    assert_eq!(put.body["if_none_match"], "*", "upload only if absent");
+
+    // An unknown mode is a usage error before anything happens.
+    let sources = Sources {
+        flags: BTreeMap::new(),
+        env: [
+            ("METAFLOW_DATASTORE_SYSROOT_S3", SYSROOT),
+            ("METAFLOW_BATCH_JOB_QUEUE", QUEUE),
+            ("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE),
+            ("METAFLOW_BATCH_CONTAINER_IMAGE", IMAGE),
+            ("METAFLOW_S3_SERVER_SIDE_ENCRYPTION", "rot13"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        cwd: dir.path().to_owned(),
+    };
+    let options = RunOptions {
+        script: dir.path().join("step.py"),
+        ..Default::default()
+    };
+    let err = build_spec(&resolve(&sources).unwrap(), &options).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::InvalidSetting {
+                key: "METAFLOW_S3_SERVER_SIDE_ENCRYPTION",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gpu_on_a_fargate_queue_is_a_usage_error() {
+    let fake = FakeAws::start().await;
+    add_fargate_queue(&fake);
+    let dir = project();
+    let env = [
+        ("METAFLOW_BATCH_JOB_QUEUE", Some("fargate-queue")),
+        (
+            "METAFLOW_ECS_FARGATE_EXECUTION_ROLE",
+            Some("arn:aws:iam::123456789012:role/x"),
+        ),
+    ];
+    let options = RunOptions {
+        gpu: Some("1".into()),
+        ..Default::default()
+    };
+    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options)).await;
+    assert!(
+        matches!(
+            result,
+            Err(LaunchError::Config(ConfigError::InvalidFlag {
+                flag: "--gpu",
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
+    assert!(fake.mutating_calls().is_empty());
+}

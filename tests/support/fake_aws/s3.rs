@@ -78,11 +78,19 @@ pub(super) fn operation(req: &Request) -> (String, Value) {
         ("DELETE", true) => "DeleteObject",
         (method, _) => return (format!("S3:{method}"), Value::Null),
     };
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let body = json!({
         "bucket": t.bucket,
         "key": t.key,
         "query": t.query,
         "bytes": req.body.len(),
+        "server_side_encryption": header("x-amz-server-side-encryption"),
+        "if_none_match": header("if-none-match"),
     });
     (op.to_owned(), body)
 }
