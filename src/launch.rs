@@ -18,7 +18,9 @@ use crate::package::{self, Built, Manifest, SuffixFilter};
 use crate::queue::{self, QueueInfo};
 use crate::spec::{BatchTarget, JobSpec};
 use crate::store::{PackageStore, S3Store, StoreError};
-use crate::submit::{resource_requirements, ContainerOverrides, SubmitRequest, Timeout};
+use crate::submit::{
+    resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
+};
 
 /// Packages above this size slow every job start; say so.
 pub const LARGE_PACKAGE_BYTES: u64 = 100 * 1024 * 1024;
@@ -404,6 +406,7 @@ fn submit_request(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         propagate_tags: true,
+        retry_strategy: RetryStrategy::for_retries(&target.retries),
         timeout: target.timeout_seconds.map(|s| Timeout {
             attempt_duration_seconds: s,
         }),

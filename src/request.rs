@@ -27,6 +27,9 @@ pub struct RunOptions {
     /// `X.Y`: the Python of the default image, instead of the local one.
     pub python: Option<String>,
     pub timeout_seconds: Option<String>,
+    /// `--retries N`: extra attempts when the instance is lost (any failure with `retry_any_failure`).
+    pub retries: Option<String>,
+    pub retry_any_failure: bool,
     /// Run on this machine instead of AWS Batch.
     pub local: bool,
     /// `--package-suffixes`: more suffixes to package, added to the configured ones.
@@ -220,6 +223,39 @@ fn batch_target(
         s3_server_side_encryption,
         tags,
         timeout_seconds,
+        retries: retries(options)?,
+    })
+}
+
+/// Batch allows 10 attempts in all.
+const MAX_RETRIES: u8 = 9;
+
+fn retries(options: &RunOptions) -> Result<crate::spec::Retries, ConfigError> {
+    let count = match &options.retries {
+        Some(text) => text
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|n| *n <= MAX_RETRIES)
+            .ok_or_else(|| {
+                invalid(
+                    "--retries",
+                    text,
+                    "expected 0 to 9 (Batch allows 10 attempts in all)",
+                )
+            })?,
+        None => 0,
+    };
+    if options.retry_any_failure && count == 0 {
+        return Err(invalid(
+            "--retry-any-failure",
+            "on",
+            "only has a meaning with --retries N",
+        ));
+    }
+    Ok(crate::spec::Retries {
+        count,
+        on_any_failure: options.retry_any_failure,
     })
 }
 
@@ -273,4 +309,28 @@ fn locate_script(script: &Path, root: Option<&Path>) -> Result<(PathBuf, String)
         .collect::<Vec<_>>()
         .join("/");
     Ok((root_abs, rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_checked() {
+        let options = |n: Option<&str>, any: bool| RunOptions {
+            retries: n.map(Into::into),
+            retry_any_failure: any,
+            ..Default::default()
+        };
+        assert_eq!(retries(&options(None, false)).unwrap().count, 0);
+        assert_eq!(retries(&options(Some("9"), true)).unwrap().count, 9);
+        for bad in [
+            options(Some("10"), false),
+            options(Some("-1"), false),
+            options(Some("x"), false),
+            options(None, true),
+        ] {
+            assert!(retries(&bad).is_err(), "{bad:?}");
+        }
+    }
 }

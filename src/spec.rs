@@ -295,6 +295,16 @@ pub struct BatchTarget {
     pub tags: Tags,
     /// Seconds before Batch stops an attempt (`attemptDurationSeconds`, at least 60).
     pub timeout_seconds: Option<u64>,
+    pub retries: Retries,
+}
+
+/// How often Batch may start a job again, and on which failures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retries {
+    /// Extra attempts after the first (0-9: Batch allows 10 attempts in all).
+    pub count: u8,
+    /// Retry any failure, not only the loss of the instance (spot reclaim, host failure).
+    pub on_any_failure: bool,
 }
 
 /// The local backend's settings.

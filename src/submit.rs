@@ -41,6 +41,51 @@ pub struct SubmitRequest {
     pub propagate_tags: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_strategy: Option<RetryStrategy>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryStrategy {
+    pub attempts: u8,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evaluate_on_exit: Vec<ExitRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRule {
+    pub on_status_reason: &'static str,
+    pub action: &'static str,
+}
+
+impl RetryStrategy {
+    /// Batch's rules for `retries`: by default only a lost instance (the attempt's status reason
+    /// starts `Host EC2`, as on a spot reclaim) is retried, since a bug fails the same way twice.
+    pub fn for_retries(retries: &crate::spec::Retries) -> Option<Self> {
+        if retries.count == 0 {
+            return None;
+        }
+        let evaluate_on_exit = if retries.on_any_failure {
+            Vec::new()
+        } else {
+            vec![
+                ExitRule {
+                    on_status_reason: "Host EC2*",
+                    action: "RETRY",
+                },
+                ExitRule {
+                    on_status_reason: "*",
+                    action: "EXIT",
+                },
+            ]
+        };
+        Some(RetryStrategy {
+            attempts: retries.count + 1,
+            evaluate_on_exit,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +212,21 @@ impl SubmitRequest {
             .container_overrides(overrides.build())
             .set_tags(Some(self.tags.clone().into_iter().collect()))
             .propagate_tags(self.propagate_tags)
+            .set_retry_strategy(self.retry_strategy.as_ref().map(|r| {
+                use aws_sdk_batch::types::{
+                    EvaluateOnExit, RetryAction, RetryStrategy as Strategy,
+                };
+                let rules = r.evaluate_on_exit.iter().map(|rule| {
+                    EvaluateOnExit::builder()
+                        .on_status_reason(rule.on_status_reason)
+                        .action(RetryAction::from(rule.action))
+                        .build()
+                });
+                Strategy::builder()
+                    .attempts(i32::from(r.attempts))
+                    .set_evaluate_on_exit((!r.evaluate_on_exit.is_empty()).then(|| rules.collect()))
+                    .build()
+            }))
             .set_timeout(self.timeout.as_ref().map(|t| {
                 JobTimeout::builder()
                     .attempt_duration_seconds(t.attempt_duration_seconds as i32)

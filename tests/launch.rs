@@ -840,3 +840,36 @@ async fn a_gpu_on_a_fargate_queue_is_a_usage_error() {
     );
     assert!(fake.mutating_calls().is_empty());
 }
+
+#[tokio::test]
+async fn retries_retry_a_lost_instance_unless_told_to_retry_any_failure() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    let with = |retries: Option<&str>, any: bool| RunOptions {
+        retries: retries.map(Into::into),
+        retry_any_failure: any,
+        ..Default::default()
+    };
+    for options in [
+        with(None, false),
+        with(Some("2"), false),
+        with(Some("1"), true),
+    ] {
+        let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+        result.unwrap();
+    }
+    let submits = fake.requests("SubmitJob");
+    assert!(submits[0].get("retryStrategy").is_none(), "{}", submits[0]);
+    assert_eq!(
+        submits[1]["retryStrategy"],
+        serde_json::json!({"attempts": 3, "evaluateOnExit": [
+            {"onStatusReason": "Host EC2*", "action": "RETRY"},
+            {"onStatusReason": "*", "action": "EXIT"}
+        ]})
+    );
+    assert_eq!(submits[2]["retryStrategy"]["attempts"], 2);
+    assert!(
+        submits[2]["retryStrategy"].get("evaluateOnExit").is_none(),
+        "any failure: no rules"
+    );
+}

@@ -105,6 +105,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     pub runnable_timeout: Option<String>,
 
+    /// Let Batch start the job again up to N times (0-9) when its instance is lost (spot reclaim).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<String>,
+    /// With --retries: retry any failure, not only a lost instance.
+    #[arg(long)]
+    pub retry_any_failure: bool,
+
     /// Print the job id once submitted and exit, instead of following the job.
     #[arg(long)]
     pub detach: bool,

@@ -45,6 +45,8 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         name: args.name.clone(),
         python: args.python.clone(),
         timeout_seconds: args.timeout.clone(),
+        retries: args.retries.clone(),
+        retry_any_failure: args.retry_any_failure,
         local: args.local,
         extra_suffixes: args.package_suffixes.clone(),
     };
