@@ -873,3 +873,39 @@ async fn retries_retry_a_lost_instance_unless_told_to_retry_any_failure() {
         "any failure: no rules"
     );
 }
+
+#[tokio::test]
+async fn the_dry_run_bodies_are_exactly_what_is_sent() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    let options = RunOptions {
+        cpu: Some("2".into()),
+        gpu: Some("1".into()),
+        env: vec!["A=1".into()],
+        tags: vec!["team=ml".into()],
+        args: vec!["--x".into()],
+        retries: Some("3".into()),
+        timeout_seconds: Some("600".into()),
+        ..Default::default()
+    };
+    let clients = fake.clients();
+    let prepared = launch::prepare(
+        spec_with(dir.path(), &[], options),
+        &mfbatch::event::discard(),
+    )
+    .await
+    .unwrap();
+    let plan = launch::plan(&clients, &prepared).await.unwrap();
+    let mut planned_submit = serde_json::to_value(&plan.submit_job).unwrap();
+    let planned_definition = serde_json::to_value(&plan.job_definition).unwrap();
+    let submitted = launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    // The plan names the definition; the real request carries the ARN it got once registered.
+    planned_submit["jobDefinition"] = submitted.job_definition.arn.clone().into();
+    assert_eq!(fake.requests("SubmitJob")[0], planned_submit);
+    assert_eq!(
+        fake.requests("RegisterJobDefinition")[0],
+        planned_definition
+    );
+}
