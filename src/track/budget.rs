@@ -5,7 +5,8 @@
 //! spell, then calls are spaced at the rate. The rate adapts: throttling halves it (down to a
 //! floor), each success wins a little back.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,6 +18,18 @@ pub struct RateBudget {
     /// How far behind "now" the schedule may fall: the burst, less one call.
     burst_window: Duration,
     state: Mutex<State>,
+    /// Callers that share the budget over time (e.g. one per followed log stream).
+    users: AtomicUsize,
+}
+
+/// A registered user of a budget; leaving is dropping it.
+#[derive(Debug)]
+pub struct BudgetUser(Arc<RateBudget>);
+
+impl Drop for BudgetUser {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -45,7 +58,20 @@ impl RateBudget {
                 interval: base_interval,
                 calls: 0,
             }),
+            users: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a long-lived caller until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>) -> BudgetUser {
+        self.users.fetch_add(1, Ordering::Relaxed);
+        BudgetUser(self.clone())
+    }
+
+    /// The interval at which every registered user together takes `share` of the budget.
+    pub fn interval_for_share(&self, share: f64) -> Duration {
+        let users = self.users.load(Ordering::Relaxed).max(1) as f64;
+        self.base_interval.mul_f64(users / share.clamp(0.01, 1.0))
     }
 
     /// Waits for this caller's slot.
@@ -105,6 +131,16 @@ mod tests {
             budget.acquire().await;
         }
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn users_share_the_budget() {
+        let budget = Arc::new(RateBudget::new(10.0));
+        let users: Vec<_> = (0..50).map(|_| budget.register()).collect();
+        // 50 users taking half of 10 calls/s: one call each every 10 s.
+        assert_eq!(budget.interval_for_share(0.5), Duration::from_secs(10));
+        drop(users);
+        assert_eq!(budget.interval_for_share(0.5), Duration::from_millis(200));
     }
 
     #[tokio::test(start_paused = true)]

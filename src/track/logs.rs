@@ -48,6 +48,7 @@ pub async fn follow(
     events: EventSink,
     once: bool,
 ) -> FollowEnd {
+    let _user = budget.register();
     let mut token: Option<String> = None;
     let mut interval = config.log_min_interval;
     let mut done_at: Option<Instant> = job_done.borrow().then(Instant::now);
@@ -88,7 +89,7 @@ pub async fn follow(
                     false
                 } else if same_token {
                     // The end of what is there now: back off while the stream stays idle.
-                    interval = backoff(interval, &config);
+                    interval = backoff(interval, &config, &budget);
                     true
                 } else {
                     // An empty page with a new token: more may follow right away.
@@ -101,7 +102,7 @@ pub async fn follow(
                 match err.kind {
                     // The stream appears a little after the attempt starts.
                     AwsErrorKind::NotFound => {
-                        interval = backoff(interval, &config);
+                        interval = backoff(interval, &config, &budget);
                         true
                     }
                     AwsErrorKind::Throttled => {
@@ -113,7 +114,7 @@ pub async fn follow(
                         return FollowEnd::Failed(err)
                     }
                     _ => {
-                        interval = backoff(interval, &config);
+                        interval = backoff(interval, &config, &budget);
                         false
                     }
                 }
@@ -152,10 +153,18 @@ pub async fn follow(
     }
 }
 
-/// The next wait of an idle stream: double the last, within the configured bounds.
-fn backoff(interval: Duration, config: &TrackerConfig) -> Duration {
-    (interval * 2).clamp(config.log_min_interval, config.log_max_interval)
+/// The next wait of an idle stream: double the last, within the configured bounds — and no
+/// shorter than lets all idle streams together use half the budget, so that with thousands of
+/// streams the ones that have data still get their calls.
+fn backoff(interval: Duration, config: &TrackerConfig, budget: &RateBudget) -> Duration {
+    let ceiling = config
+        .log_max_interval
+        .max(budget.interval_for_share(IDLE_SHARE));
+    (interval * 2).clamp(config.log_min_interval, ceiling)
 }
+
+/// The part of the Logs budget that idle streams may use between them.
+const IDLE_SHARE: f64 = 0.5;
 
 /// How long ago `since` was, as an epoch-ms start time for `--since`.
 pub fn start_time_for(since: Duration) -> i64 {
