@@ -10,7 +10,8 @@
 //! 5. the built-in default (some defaults derive from other settings, e.g. the data root)
 //!
 //! Keys are the environment-variable names, exactly as `metaflow configure aws` writes them, so a
-//! user's existing configuration works unchanged.
+//! user's existing configuration works unchanged. mfbatch's own tuning keys (`MFBATCH_*`) follow
+//! the same order.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,11 +36,13 @@ pub enum Key {
     DefaultPackageSuffixes,
     User,
     DatastoreSysrootLocal,
+    DrainQuietMs,
+    PollMinMs,
 }
 
 impl Key {
     /// Every key, in the order `mfbatch config` shows them.
-    pub const ALL: [Key; 14] = [
+    pub const ALL: [Key; 16] = [
         Key::DatastoreSysrootS3,
         Key::DatatoolsS3Root,
         Key::CondaPackageS3Root,
@@ -54,6 +57,8 @@ impl Key {
         Key::DefaultPackageSuffixes,
         Key::User,
         Key::DatastoreSysrootLocal,
+        Key::DrainQuietMs,
+        Key::PollMinMs,
     ];
 
     /// The environment-variable name, which is also the key in Metaflow's config files.
@@ -73,6 +78,8 @@ impl Key {
             Key::DefaultPackageSuffixes => "METAFLOW_DEFAULT_PACKAGE_SUFFIXES",
             Key::User => "METAFLOW_USER",
             Key::DatastoreSysrootLocal => "METAFLOW_DATASTORE_SYSROOT_LOCAL",
+            Key::DrainQuietMs => "MFBATCH_DRAIN_QUIET_MS",
+            Key::PollMinMs => "MFBATCH_POLL_MIN_MS",
         }
     }
 
@@ -163,6 +170,23 @@ impl Settings {
         self.values.get(&key)
     }
 
+    /// A whole number of milliseconds (for the `MFBATCH_*_MS` keys).
+    pub fn millis(&self, key: Key) -> Result<Option<std::time::Duration>, ConfigError> {
+        let Some(r) = self.values.get(&key) else {
+            return Ok(None);
+        };
+        r.value
+            .trim()
+            .parse()
+            .map(|ms| Some(std::time::Duration::from_millis(ms)))
+            .map_err(|_| ConfigError::InvalidSetting {
+                key: key.name(),
+                value: r.value.clone(),
+                origin: r.origin.to_string(),
+                reason: "expected a whole number of milliseconds".into(),
+            })
+    }
+
     /// The value of a required key, or an error that says where it can be set.
     pub fn require(&self, key: Key) -> Result<&Resolved, ConfigError> {
         self.values.get(&key).ok_or(ConfigError::Missing {
@@ -176,6 +200,12 @@ impl Settings {
         Key::ALL.into_iter().map(|k| (k, self.values.get(&k)))
     }
 }
+
+/// After a job ends, how long its log stream must stay quiet before following stops (ms). The
+/// CloudWatch log driver delivers lines 5-20 s late.
+pub const DEFAULT_DRAIN_QUIET_MS: u64 = 12_000;
+/// The shortest interval between two status polls of one job (ms).
+pub const DEFAULT_POLL_MIN_MS: u64 = 1_000;
 
 /// Built-in default suffixes of files that go into the package, as in Metaflow.
 pub const DEFAULT_PACKAGE_SUFFIXES: &str = ".py,.R,.RDS";
@@ -250,6 +280,8 @@ fn default_for(key: Key, so_far: &Settings, env: &BTreeMap<String, String>) -> O
         Key::DatastoreSysrootLocal => {
             cache_dir(env).map(|d| d.join("mfbatch").display().to_string())
         }
+        Key::DrainQuietMs => Some(DEFAULT_DRAIN_QUIET_MS.to_string()),
+        Key::PollMinMs => Some(DEFAULT_POLL_MIN_MS.to_string()),
         _ => None,
     }
 }

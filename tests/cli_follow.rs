@@ -353,3 +353,18 @@ async fn ctrl_c_before_submitting_creates_no_job() {
     assert!(rest.contains("no job was created"), "{rest}");
     assert_eq!(fake.calls("SubmitJob"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tuning_value_is_a_usage_error_naming_it() {
+    let fake = FakeAws::start().await;
+    let mut cli = cli(&fake);
+    cli.set_env("MFBATCH_DRAIN_QUIET_MS", "soon");
+    let out = run(&cli, &["logs", "some-job"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.render());
+    assert!(
+        out.stderr.contains("MFBATCH_DRAIN_QUIET_MS"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fake.total_calls(), 0);
+}

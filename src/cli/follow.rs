@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use mfbatch::aws::Clients;
 use mfbatch::event::{Event, EventSink, JobStatus, Outcome};
+use mfbatch::settings::{Key, Settings};
 use mfbatch::track::{FollowRequest, TrackError, Tracker, TrackerConfig};
 use tokio::task::JoinSet;
 
@@ -143,11 +146,13 @@ fn exit_code(results: Vec<Result<Outcome, TrackError>>, interrupted: bool) -> Re
     Ok(if interrupted { exit::INTERRUPTED } else { code })
 }
 
-/// The tracker settings a command line may change.
+/// The tracker's configuration from the settings (`MFBATCH_DRAIN_QUIET_MS`, `MFBATCH_POLL_MIN_MS`)
+/// and the command's flags.
 pub fn tracker_config(
-    runnable_warning: Option<std::time::Duration>,
-    runnable_timeout: Option<std::time::Duration>,
-) -> TrackerConfig {
+    settings: &Settings,
+    runnable_warning: Option<Duration>,
+    runnable_timeout: Option<Duration>,
+) -> Result<TrackerConfig, Failure> {
     let mut config = TrackerConfig {
         runnable_timeout,
         ..TrackerConfig::default()
@@ -155,23 +160,14 @@ pub fn tracker_config(
     if let Some(warning) = runnable_warning {
         config.runnable_warning = warning;
     }
-    // Test and power-user knobs, read once here: the drain window and the poll floor.
-    if let Some(ms) = env_ms("MFBATCH_DRAIN_QUIET_MS") {
-        config.drain_quiet = ms;
+    if let Some(quiet) = settings.millis(Key::DrainQuietMs)? {
+        config.drain_quiet = quiet;
     }
-    if let Some(ms) = env_ms("MFBATCH_POLL_MIN_MS") {
-        config.poll_min = ms;
-        config.log_min_interval = ms.min(config.log_min_interval);
+    if let Some(poll) = settings.millis(Key::PollMinMs)? {
+        config.poll_min = poll;
+        config.log_min_interval = poll.min(config.log_min_interval);
     }
-    config
-}
-
-fn env_ms(name: &str) -> Option<std::time::Duration> {
-    std::env::var(name)
-        .ok()?
-        .parse()
-        .ok()
-        .map(std::time::Duration::from_millis)
+    Ok(config)
 }
 
 /// Starts a renderer with the global choices.

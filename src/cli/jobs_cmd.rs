@@ -1,8 +1,11 @@
 //! `mfbatch logs`, `mfbatch status` and `mfbatch kill`: commands on jobs submitted earlier.
 
+use std::collections::BTreeMap;
+
 use mfbatch::aws::{ClientOptions, Clients};
 use mfbatch::error::{AwsError, Service};
 use mfbatch::event::JobStatus;
+use mfbatch::settings::{self, Sources};
 use mfbatch::track::snapshot::JobSnapshot;
 use mfbatch::track::{logs::start_time_for, stop_job, FollowRequest, RateBudget, MAX_IDS_PER_CALL};
 
@@ -29,6 +32,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         return Err(Failure::usage_message("--attempt counts from 1", None));
     }
     let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    let settings = settings::resolve(&Sources::from_process(BTreeMap::new()))?;
     let clients = clients().await?;
     let requests = args
         .job_ids
@@ -42,7 +46,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         .collect();
     follow::follow(
         &clients,
-        follow::tracker_config(None, None),
+        follow::tracker_config(&settings, None, None)?,
         requests,
         follow::renderer(&global, args.job_ids.len() > 1, args.timestamps),
         Interrupts {

@@ -135,7 +135,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     };
     follow::follow(
         &clients,
-        follow::tracker_config(Some(runnable_warning), runnable_timeout),
+        follow::tracker_config(&settings, Some(runnable_warning), runnable_timeout)?,
         vec![request],
         follow::renderer(&global, false, false),
         Interrupts {

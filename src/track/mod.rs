@@ -61,11 +61,11 @@ impl Default for TrackerConfig {
         TrackerConfig {
             batch_calls_per_second: 5.0,
             logs_calls_per_second: 10.0,
-            poll_min: Duration::from_secs(1),
+            poll_min: Duration::from_millis(crate::settings::DEFAULT_POLL_MIN_MS),
             poll_max: Duration::from_secs(30),
             log_min_interval: Duration::from_millis(500),
             log_max_interval: Duration::from_secs(15),
-            drain_quiet: Duration::from_secs(12),
+            drain_quiet: Duration::from_millis(crate::settings::DEFAULT_DRAIN_QUIET_MS),
             drain_max: Duration::from_secs(60),
             not_found_grace: Duration::from_secs(30),
             runnable_warning: Duration::from_secs(300),
