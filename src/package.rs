@@ -57,10 +57,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
-    }
-
     pub fn contains(&self, path: &str) -> bool {
         self.files.iter().any(|f| f.path == path)
     }

@@ -129,10 +129,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         }
         return Ok(exit::SUCCESS);
     }
-    let request = FollowRequest {
-        job_name: Some(submitted.job_name.clone()),
-        ..FollowRequest::new(submitted.job_id.clone())
-    };
+    let request = FollowRequest::new(submitted.job_id.clone());
     follow::follow(
         &clients,
         follow::tracker_config(&settings, Some(runnable_warning), runnable_timeout)?,

@@ -107,8 +107,6 @@ impl TrackError {
 #[derive(Debug, Clone)]
 pub struct FollowRequest {
     pub job_id: String,
-    /// Name used in events until DescribeJobs reports the real one.
-    pub job_name: Option<String>,
     /// Follow only this attempt's logs (1-based); `None`: every attempt.
     pub attempt: Option<usize>,
     /// Skip log events older than this (epoch ms).
@@ -123,7 +121,6 @@ impl FollowRequest {
     pub fn new(job_id: impl Into<String>) -> Self {
         FollowRequest {
             job_id: job_id.into(),
-            job_name: None,
             attempt: None,
             logs_since_ms: None,
             once: false,
