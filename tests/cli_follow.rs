@@ -368,3 +368,37 @@ async fn a_bad_tuning_value_is_a_usage_error_naming_it() {
     );
     assert_eq!(fake.total_calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_leaves_at_once_and_says_how_to_follow_later() {
+    let fake = FakeAws::start().await;
+    fake.script_next_job(
+        Timeline::new()
+            .running(1_000_000)
+            .logs(&["working"])
+            .succeeded(),
+    );
+    // The stop cannot get through, so the job keeps running after the first Ctrl-C.
+    fake.fail_always("TerminateJob", support::Fault::AccessDenied);
+    let cli = cli(&fake);
+    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
+    interrupt(&child);
+    seen += &tokio::task::block_in_place(|| read_until(&mut stderr, "Ctrl-C again"));
+    interrupt(&child);
+    let code =
+        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
+    let job_id = fake.jobs()[0].id.clone();
+    assert!(
+        seen.contains("TerminateJob"),
+        "the failed stop is reported:\n{seen}"
+    );
+    assert!(
+        rest.contains(&format!("mfbatch logs {job_id}")),
+        "stderr:\n{seen}{rest}"
+    );
+}
