@@ -63,7 +63,12 @@ impl LaunchError {
     }
 
     /// Whether this is the user's input or configuration (exit code 2) rather than a failure.
+    /// Missing credentials count: nothing was sent, and the fix is in the user's setup.
     pub fn is_usage(&self) -> bool {
+        let no_credentials = |e: &AwsError| e.kind == crate::error::AwsErrorKind::Credentials;
+        if let LaunchError::Aws(e) | LaunchError::Store(StoreError::Aws(e)) = self {
+            return no_credentials(e);
+        }
         matches!(
             self,
             LaunchError::Config(_)

@@ -402,3 +402,24 @@ async fn a_second_ctrl_c_leaves_at_once_and_says_how_to_follow_later() {
         "stderr:\n{seen}{rest}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credentials_is_a_setup_error_with_a_hint() {
+    let fake = FakeAws::start().await;
+    let mut cli = cli(&fake);
+    cli.remove_env("AWS_ACCESS_KEY_ID")
+        .remove_env("AWS_SECRET_ACCESS_KEY");
+    let out = run(&cli, &["run", "step.py"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.render());
+    assert!(
+        out.stderr.contains("no credentials found"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("hint: no usable AWS credentials"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fake.total_calls(), 0, "nothing reached AWS");
+}

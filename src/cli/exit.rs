@@ -5,7 +5,7 @@
 //! | 0 | success: the job SUCCEEDED (or was submitted, with `--detach`) |
 //! | N | the job FAILED and its container exited with code N (1–255) |
 //! | 1 | the job FAILED without an exit code, or mfbatch itself failed (AWS error, I/O) |
-//! | 2 | usage or configuration error: nothing was uploaded, registered or submitted |
+//! | 2 | usage or configuration error (including no AWS credentials): nothing was uploaded, registered or submitted |
 //! | 130 | interrupted (Ctrl-C or SIGTERM) |
 
 pub const SUCCESS: u8 = 0;
