@@ -386,3 +386,32 @@ async fn dropped_connections_lose_and_repeat_nothing() {
     assert_eq!(lines.len(), expected.len());
     assert!(lines == expected, "lines differ after dropped connections");
 }
+
+#[tokio::test]
+async fn the_drain_limit_never_cuts_off_a_backlog_being_read() {
+    let fake = FakeAws::start().await;
+    fake.set_log_page_size(100);
+    let expected = numbered(5_000, "backlog");
+    let timeline = Timeline::new()
+        .running(1)
+        .logs_when_done(&refs(&expected))
+        .succeeded();
+    let ids = fake.submit_jobs(vec![timeline]).await;
+    let config = TrackerConfig {
+        drain_max: Duration::from_millis(1),
+        ..fast_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let mut handle = tracker.follow(FollowRequest::new(ids[0].clone()));
+    let mut lines = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), handle.next_event())
+        .await
+        .expect("events keep coming")
+    {
+        if let Event::Log { message, .. } = event {
+            lines.push(message);
+        }
+    }
+    assert_eq!(lines.len(), expected.len(), "the backlog was cut off");
+    assert!(lines == expected);
+}

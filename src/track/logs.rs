@@ -54,6 +54,7 @@ pub async fn follow(
     let mut done_at: Option<Instant> = job_done.borrow().then(Instant::now);
     let mut last_data: Option<Instant> = None;
     loop {
+        let mut had_data = false;
         budget.acquire().await;
         let mut request = client
             .get_log_events()
@@ -84,6 +85,7 @@ pub async fn follow(
                 }
                 if got > 0 {
                     // A page with data: more is likely waiting, read on at once.
+                    had_data = true;
                     last_data = Some(Instant::now());
                     interval = Duration::ZERO;
                     false
@@ -128,7 +130,9 @@ pub async fn follow(
             if at_end && quiet_since.elapsed() >= config.drain_quiet {
                 return FollowEnd::Drained;
             }
-            if done.elapsed() >= config.drain_max {
+            // The limit is for waiting on lines that may never come, not for cutting off a
+            // backlog that is still being read.
+            if done.elapsed() >= config.drain_max && !had_data {
                 return FollowEnd::Drained;
             }
             // While draining, look again soon enough to end near the quiet window's end.
