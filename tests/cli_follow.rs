@@ -158,6 +158,15 @@ fn interrupt(child: &Child) {
     }
 }
 
+/// Sends SIGINT, waits for the exit (20 s at most) and returns the code and the rest of stderr.
+fn interrupt_and_finish(child: &mut Child, stderr: &mut impl BufRead) -> (Option<i32>, String) {
+    interrupt(child);
+    let code = tokio::task::block_in_place(|| wait_with_deadline(child, Duration::from_secs(20)));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    (code, rest)
+}
+
 fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
     let deadline = Instant::now() + limit;
     loop {
@@ -185,11 +194,7 @@ async fn ctrl_c_terminates_the_submitted_job_and_exits_130() {
     let mut child = spawn(&cli, &fake, &["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
-    interrupt(&child);
-    let code =
-        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
     assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
     let job_id = fake.jobs()[0].id.clone();
     let terminated = fake.requests("TerminateJob");
@@ -344,11 +349,7 @@ async fn ctrl_c_before_submitting_creates_no_job() {
     let mut child = spawn(&cli, &fake, &["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "Uploading"));
-    interrupt(&child);
-    let code =
-        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
     assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
     assert!(rest.contains("no job was created"), "{rest}");
     assert_eq!(fake.calls("SubmitJob"), 0);
@@ -386,11 +387,7 @@ async fn a_second_ctrl_c_leaves_at_once_and_says_how_to_follow_later() {
     let mut seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
     interrupt(&child);
     seen += &tokio::task::block_in_place(|| read_until(&mut stderr, "Ctrl-C again"));
-    interrupt(&child);
-    let code =
-        tokio::task::block_in_place(|| wait_with_deadline(&mut child, Duration::from_secs(20)));
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
     assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
     let job_id = fake.jobs()[0].id.clone();
     assert!(

@@ -54,10 +54,7 @@ async fn follow_with_clients(clients: mfbatch::aws::Clients, id: &str) -> Follow
     let tracker = Tracker::new(&clients, fast_config());
     let mut handle = tracker.follow(FollowRequest::new(id));
     let (mut lines, mut statuses, mut attempts) = (Vec::new(), Vec::new(), Vec::new());
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
-        .await
-        .expect("events keep coming")
-    {
+    for event in all_events(&mut handle).await {
         match event {
             Event::Log {
                 message, attempt, ..
@@ -66,12 +63,35 @@ async fn follow_with_clients(clients: mfbatch::aws::Clients, id: &str) -> Follow
                 attempts.push(attempt);
             }
             Event::Status { status, .. } => statuses.push(status),
-            Event::Exited(_) => break,
             _ => {}
         }
     }
     let outcome = handle.wait().await.expect("followed to the end");
     (lines, statuses, outcome, attempts)
+}
+
+/// Every event of a handle until it ends (a minute at most between two events).
+async fn all_events(handle: &mut mfbatch::track::JobHandle) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
+        .await
+        .expect("events keep coming")
+    {
+        events.push(event);
+    }
+    events
+}
+
+/// The messages of a handle's log events, in order.
+async fn log_lines(handle: &mut mfbatch::track::JobHandle) -> Vec<String> {
+    all_events(handle)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Log { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
 }
 
 fn numbered(n: usize, prefix: &str) -> Vec<String> {
@@ -307,15 +327,14 @@ async fn a_job_stuck_in_runnable_is_reported_then_stopped_on_timeout() {
     };
     let tracker = Tracker::new(&fake.clients(), config);
     let mut handle = tracker.follow(FollowRequest::new(ids[0].clone()));
-    let mut warnings = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), handle.next_event())
+    let warnings: Vec<_> = all_events(&mut handle)
         .await
-        .expect("events keep coming")
-    {
-        if let Event::Warning(w) = event {
-            warnings.push(w);
-        }
-    }
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Warning(w) => Some(w),
+            _ => None,
+        })
+        .collect();
     let result = handle.wait().await;
     assert!(
         matches!(
@@ -368,15 +387,7 @@ async fn dropped_connections_lose_and_repeat_nothing() {
     let clients = mfbatch::aws::Clients::from_sdk_config(&config, &options).unwrap();
     let tracker = Tracker::new(&clients, fast_config());
     let mut handle = tracker.follow(FollowRequest::new(ids[0].clone()));
-    let mut lines = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
-        .await
-        .expect("events keep coming")
-    {
-        if let Event::Log { message, .. } = event {
-            lines.push(message);
-        }
-    }
+    let lines = log_lines(&mut handle).await;
     assert!(handle.wait().await.expect("followed").succeeded());
     assert!(
         proxy.dropped() >= 3,
@@ -403,15 +414,7 @@ async fn the_drain_limit_never_cuts_off_a_backlog_being_read() {
     };
     let tracker = Tracker::new(&fake.clients(), config);
     let mut handle = tracker.follow(FollowRequest::new(ids[0].clone()));
-    let mut lines = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), handle.next_event())
-        .await
-        .expect("events keep coming")
-    {
-        if let Event::Log { message, .. } = event {
-            lines.push(message);
-        }
-    }
+    let lines = log_lines(&mut handle).await;
     assert_eq!(lines.len(), expected.len(), "the backlog was cut off");
     assert!(lines == expected);
 }
