@@ -7,7 +7,34 @@
 //!
 //! The launch path, in order:
 //! [`settings::resolve`] → [`request::build_spec`] → [`launch::prepare`] → [`launch::plan`] →
-//! [`launch::execute`].
+//! [`launch::execute`] (or [`launch::stage`] then [`launch::submit`]); then [`track::Tracker`]
+//! follows the job. Embedded, the whole of `mfbatch run step.py` is:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use mfbatch::{aws, event, launch, request, settings, track};
+//!
+//! let settings = settings::resolve(&settings::Sources::from_process(BTreeMap::new()))?;
+//! let options = request::RunOptions { script: "step.py".into(), ..Default::default() };
+//! let spec = request::build_spec(&settings, &options)?;
+//! let clients = aws::Clients::from_environment(&aws::ClientOptions::default()).await?;
+//! let events = event::discard(); // or a callback that renders or records them
+//! let prepared = launch::prepare(spec, &events).await?;
+//! let plan = launch::plan(&clients, &prepared).await?;
+//! let submitted = launch::execute(&clients, &prepared, plan, &events).await?;
+//!
+//! let tracker = track::Tracker::new(&clients, track::TrackerConfig::default());
+//! let mut handle = tracker.follow(track::FollowRequest::new(submitted.job_id));
+//! while let Some(event) = handle.next_event().await {
+//!     if let event::Event::Log { message, .. } = event {
+//!         println!("{message}");
+//!     }
+//! }
+//! let outcome = handle.wait().await?;
+//! println!("exit code {:?}", outcome.exit_code);
+//! # Ok(()) }
+//! ```
 
 pub mod aws;
 pub mod bootstrap;
