@@ -48,25 +48,22 @@ async fn main() {
     let timeline = Timeline::new().running(1).logs(&refs).succeeded();
     let job_id = fake.submit_jobs(vec![timeline]).await.remove(0);
     // Let the job reach its end so `logs` reads a finished stream.
+    let mut snapshot = None;
     for _ in 0..4 {
-        clients
-            .batch
-            .describe_jobs()
-            .jobs(&job_id)
-            .send()
-            .await
-            .unwrap();
+        snapshot = Some(
+            clients
+                .batch
+                .describe_jobs()
+                .jobs(&job_id)
+                .send()
+                .await
+                .unwrap(),
+        );
     }
+    let snapshot = snapshot.unwrap();
 
     // What the fake and the SDK alone cost: the same pages read in-process.
     let start = Instant::now();
-    let snapshot = clients
-        .batch
-        .describe_jobs()
-        .jobs(&job_id)
-        .send()
-        .await
-        .unwrap();
     let stream = snapshot.jobs()[0]
         .container()
         .unwrap()

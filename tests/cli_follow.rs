@@ -20,6 +20,16 @@ fn cli(fake: &FakeAws) -> Cli {
     cli
 }
 
+/// The next job prints "working" and stays RUNNING until it is stopped.
+fn script_job_that_runs_on(fake: &FakeAws) {
+    fake.script_next_job(
+        Timeline::new()
+            .running(1_000_000)
+            .logs(&["working"])
+            .succeeded(),
+    );
+}
+
 /// Runs the (blocking) binary without stalling the runtime that serves the fake.
 async fn run(cli: &Cli, args: &[&str]) -> support::cli::Output {
     tokio::task::block_in_place(|| cli.run(args))
@@ -184,12 +194,7 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_terminates_the_submitted_job_and_exits_130() {
     let fake = FakeAws::start().await;
-    fake.script_next_job(
-        Timeline::new()
-            .running(1_000_000)
-            .logs(&["working"])
-            .succeeded(),
-    );
+    script_job_that_runs_on(&fake);
     let cli = cli(&fake);
     let mut child = spawn(&cli, &fake, &["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
@@ -206,12 +211,7 @@ async fn ctrl_c_terminates_the_submitted_job_and_exits_130() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_on_logs_leaves_the_job_running() {
     let fake = FakeAws::start().await;
-    fake.script_next_job(
-        Timeline::new()
-            .running(1_000_000)
-            .logs(&["working"])
-            .succeeded(),
-    );
+    script_job_that_runs_on(&fake);
     let cli = cli(&fake);
     let out = run(&cli, &["run", "step.py", "--detach"]).await;
     let job_id = out.stdout.trim().to_owned();
@@ -373,12 +373,7 @@ async fn a_bad_tuning_value_is_a_usage_error_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ctrl_c_leaves_at_once_and_says_how_to_follow_later() {
     let fake = FakeAws::start().await;
-    fake.script_next_job(
-        Timeline::new()
-            .running(1_000_000)
-            .logs(&["working"])
-            .succeeded(),
-    );
+    script_job_that_runs_on(&fake);
     // The stop cannot get through, so the job keeps running after the first Ctrl-C.
     fake.fail_always("TerminateJob", support::Fault::AccessDenied);
     let cli = cli(&fake);
