@@ -5,6 +5,8 @@
 //! hold 24 KiB, so the per-job container overrides (limited to 8,192 characters) carry only the
 //! package location and the user's environment.
 
+use crate::end_record::NONCE_ENV;
+
 /// The bootstrap's source.
 pub const BOOTSTRAP_PY: &str = include_str!("bootstrap/bootstrap.py");
 
@@ -12,7 +14,8 @@ pub const BOOTSTRAP_PY: &str = include_str!("bootstrap/bootstrap.py");
 pub const BOOTSTRAP_ENV: &str = "MFBATCH_BOOTSTRAP";
 
 /// Finds a Python in the image and runs the bootstrap with it; POSIX `sh` only.
-pub const STUB: &str = r#"for py in python3 python; do if command -v "$py" >/dev/null 2>&1; then exec "$py" -u -c "$MFBATCH_BOOTSTRAP"; fi; done; echo "mfbatch-bootstrap: the image has neither python3 nor python" >&2; exit 127"#;
+/// Without one it writes the end record itself (see [`crate::end_record`]).
+pub const STUB: &str = r#"for py in python3 python; do if command -v "$py" >/dev/null 2>&1; then exec "$py" -u -c "$MFBATCH_BOOTSTRAP"; fi; done; echo "mfbatch-bootstrap: the image has neither python3 nor python" >&2; if [ -n "$MFBATCH_END_NONCE" ]; then r="mfbatch-end:v1:$MFBATCH_END_NONCE:${AWS_BATCH_JOB_ATTEMPT:-1}:127:bootstrap"; echo "$r:stdout"; echo "$r:stderr" >&2; fi; exit 127"#;
 
 /// Exit codes the bootstrap uses for its own failures (the user's script owns all others).
 pub mod exit_code {
@@ -37,9 +40,13 @@ pub struct Invocation {
     /// `s3://bucket/key` or `file:///path`.
     pub package_url: String,
     pub package_sha256: String,
+    /// Regular files in the package: the bootstrap refuses an archive that ends early.
+    pub package_files: usize,
     /// The script, relative to the package root.
     pub script: String,
     pub args: Vec<String>,
+    /// The nonce of this job's end records ([`crate::end_record`]).
+    pub end_nonce: String,
 }
 
 impl Invocation {
@@ -51,12 +58,18 @@ impl Invocation {
                 "MFBATCH_PACKAGE_SHA256".to_owned(),
                 self.package_sha256.clone(),
             ),
+            (
+                "MFBATCH_PACKAGE_FILES".to_owned(),
+                self.package_files.to_string(),
+            ),
             ("MFBATCH_SCRIPT".to_owned(), self.script.clone()),
+            // Always set, even to `[]`: an inherited value must never become the arguments.
+            (
+                "MFBATCH_ARGS".to_owned(),
+                serde_json::to_string(&self.args).expect("strings serialize"),
+            ),
         ];
-        if !self.args.is_empty() {
-            let args = serde_json::to_string(&self.args).expect("strings serialize");
-            env.push(("MFBATCH_ARGS".to_owned(), args));
-        }
+        env.push((NONCE_ENV.to_owned(), self.end_nonce.clone()));
         env
     }
 }

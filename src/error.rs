@@ -196,6 +196,13 @@ impl AwsError {
         }
     }
 
+    /// The kind of failure an AWS error code stands for.
+    pub fn code_kind(
+        err: &impl aws_smithy_types::error::metadata::ProvideErrorMetadata,
+    ) -> AwsErrorKind {
+        classify_code(err.code())
+    }
+
     /// What the user can do next.
     pub fn hint(&self) -> Option<String> {
         Some(match self.kind {

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::end_record::StepEnd;
 use crate::package::Skipped;
 
 /// A Batch job's status, in lifecycle order.
@@ -96,6 +97,17 @@ pub enum FailureKind {
     Unknown,
 }
 
+/// What decided a job's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// Batch's terminal status (SUCCEEDED / FAILED), as DescribeJobs reported it.
+    BatchStatus,
+    /// The step's end records, when no retry could follow: Batch will report the same status
+    /// a little later (`status` holds the status Batch is expected to report).
+    EndRecord,
+}
+
 /// How a followed job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
@@ -109,6 +121,10 @@ pub struct Outcome {
     /// The raw reasons Batch gave, for the record.
     pub reason: Option<String>,
     pub attempts: usize,
+    pub decided_by: DecidedBy,
+    /// What the last attempt's end records said, when they were read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_end: Option<StepEnd>,
 }
 
 impl Outcome {
@@ -172,6 +188,13 @@ pub enum Event {
     Terminating {
         job_id: String,
         reason: String,
+    },
+    /// An attempt's step exited and its output has all been read (both end records came).
+    StepExited {
+        job_id: String,
+        job_name: String,
+        #[serde(flatten)]
+        end: StepEnd,
     },
     Exited(Outcome),
 }

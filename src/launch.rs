@@ -20,6 +20,7 @@ use crate::spec::{BatchTarget, JobSpec};
 use crate::store::{PackageStore, S3Store, StoreError};
 use crate::submit::{
     resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
+    REQUEST_ID_TAG,
 };
 
 /// Packages above this size slow every job start; say so.
@@ -376,8 +377,10 @@ fn submit_request(
     let invocation = Invocation {
         package_url: package_url.to_owned(),
         package_sha256: prepared.package.sha256.clone(),
+        package_files: prepared.manifest.files.len(),
         script: spec.script.clone(),
         args: spec.args.clone(),
+        end_nonce: crate::end_record::new_nonce(),
     };
     let mut metaflow = vec![
         (
@@ -409,6 +412,8 @@ fn submit_request(
             .tags
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            // Lets a SubmitJob whose answer was lost be found instead of sent again.
+            .chain([(REQUEST_ID_TAG.to_owned(), crate::end_record::new_nonce())])
             .collect(),
         propagate_tags: true,
         retry_strategy: RetryStrategy::for_retries(&target.retries),

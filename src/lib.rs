@@ -38,6 +38,7 @@
 
 pub mod aws;
 pub mod bootstrap;
+pub mod end_record;
 pub mod error;
 pub mod event;
 pub mod image;

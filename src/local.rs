@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bootstrap::{self, Invocation};
+use crate::end_record::{EndRecord, EndRecords};
 use crate::event::{Event, EventSink, JobStatus, Outcome};
 use crate::launch::{job_environment, Prepared};
 use crate::spec::Target;
@@ -29,6 +30,10 @@ pub enum LocalError {
     Spawn(#[source] std::io::Error),
     #[error("lost the job's output")]
     Output(#[source] std::io::Error),
+    #[error("cannot create the job's work directory")]
+    WorkDir(#[source] std::io::Error),
+    #[error("the job is for AWS Batch, not for this machine")]
+    NotLocal,
 }
 
 /// Runs the prepared job locally until it exits; `stop` turning true sends it SIGTERM.
@@ -38,7 +43,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Outcome, LocalError> {
     let Target::Local(target) = &prepared.spec.target else {
-        panic!("local::run is for local jobs");
+        return Err(LocalError::NotLocal);
     };
     let store = LocalStore::new(&target.datastore_dir);
     let sha = &prepared.package.sha256;
@@ -61,11 +66,14 @@ pub async fn run(
             .as_millis()
     );
     let job_name = prepared.spec.name.to_string();
+    let end_nonce = crate::end_record::new_nonce();
     let invocation = Invocation {
         package_url: url,
         package_sha256: sha.clone(),
+        package_files: prepared.manifest.files.len(),
         script: prepared.spec.script.clone(),
         args: prepared.spec.args.clone(),
+        end_nonce: end_nonce.clone(),
     };
     let resources = &prepared.spec.resources;
     events(Event::Warning(crate::event::Warning::Notice {
@@ -88,17 +96,33 @@ pub async fn run(
             ),
         ],
     );
-    // One pipe for both streams, as in CloudWatch: the lines keep their order.
-    let mut child = Command::new("sh")
+    // The bootstrap's work directory lives in one of ours, removed however the run ends (a
+    // second Ctrl-C kills the step before it can clean up).
+    let work_parent = tempfile::Builder::new()
+        .prefix("mfbatch-local-")
+        .tempdir()
+        .map_err(LocalError::WorkDir)?;
+    // One pipe for both streams, as in CloudWatch: the lines keep their order. The job gets its
+    // own process group: a Ctrl-C at the terminal reaches mfbatch alone, which stops the job
+    // with one SIGTERM, as ECS does.
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(format!("exec 2>&1; {}", bootstrap::STUB))
         .env(bootstrap::BOOTSTRAP_ENV, bootstrap::BOOTSTRAP_PY)
-        .envs(env)
+        .env("MFBATCH_WORKDIR_PARENT", work_parent.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(LocalError::Spawn)?;
+        .process_group(0)
+        .kill_on_drop(true);
+    // The caller's own MFBATCH_* (a nested run, a stray export) must not steer this job.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MFBATCH_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command.envs(env).spawn().map_err(LocalError::Spawn)?;
+    let group = ProcessGroup(child.id());
     events(Event::Submitted {
         job_id: job_id.clone(),
         job_name: job_name.clone(),
@@ -116,6 +140,7 @@ pub async fn run(
 
     let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut line = Vec::new();
+    let mut records = EndRecords::default();
     let mut stopping = false;
     loop {
         line.clear();
@@ -128,12 +153,17 @@ pub async fn run(
                 if line.ends_with(b"\n") {
                     line.pop();
                 }
+                let message = String::from_utf8_lossy(&line);
+                if let Some(record) = EndRecord::parse(&message, &end_nonce) {
+                    records.add(record);
+                    continue;
+                }
                 events(Event::Log {
                     job_id: job_id.clone(),
                     job_name: job_name.clone(),
                     attempt: 1,
                     timestamp_ms: now_ms(),
-                    message: String::from_utf8_lossy(&line).into_owned(),
+                    message: message.into_owned(),
                 });
             }
             changed = stop.changed(), if !stopping => {
@@ -145,7 +175,17 @@ pub async fn run(
         }
     }
     let status = child.wait().await.map_err(LocalError::Output)?;
+    // The bootstrap has exited: whatever is left of its group must not outlive the job.
+    drop(group);
     let exit_code = status.code().or_else(|| signal_code(&status)).unwrap_or(1);
+    let step_end = records.any();
+    if let Some(end) = step_end {
+        events(Event::StepExited {
+            job_id: job_id.clone(),
+            job_name: job_name.clone(),
+            end,
+        });
+    }
     let final_status = if exit_code == 0 {
         JobStatus::Succeeded
     } else {
@@ -174,10 +214,30 @@ pub async fn run(
         container: Default::default(),
         vcpus: None,
         memory_mib: None,
+        end_nonce: Some(end_nonce),
+        stopped_at_ms: Some(now_ms()),
+        retry: None,
     };
-    let outcome = snapshot.outcome();
+    let outcome = snapshot.outcome(step_end);
     events(Event::Exited(outcome.clone()));
+    drop(work_parent);
     Ok(outcome)
+}
+
+/// The job's process group, killed when dropped: after the bootstrap exits, or when the run is
+/// abandoned (a second Ctrl-C drops the future running it).
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: killpg(2) on the group we created; no memory is involved. A group that
+            // is already gone answers ESRCH, which is fine.
+            unsafe {
+                libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 fn now_ms() -> i64 {

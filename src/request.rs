@@ -183,7 +183,8 @@ fn batch_target(
     for tag in &options.tags {
         tags.insert_pair(tag)?;
     }
-    tags.check_count(0)?;
+    // One more tag comes with every job: `mfbatch.request-id`.
+    tags.check_count(1)?;
 
     let timeout_seconds = match &options.timeout_seconds {
         Some(t) => {

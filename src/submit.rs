@@ -1,11 +1,22 @@
 //! The SubmitJob request: name, queue, overrides, tags and timeout, checked against Batch's limits
-//! before it is sent (an oversized override is accepted by SubmitJob and fails the job later).
+//! before it is sent (an oversized override is accepted by SubmitJob and fails the job later),
+//! and sent so that it creates at most one job.
+//!
+//! SubmitJob takes no client token: a request re-sent after a timeout, a dropped connection or a
+//! 5xx creates a second job if the first one reached Batch. So the SDK never retries it. mfbatch
+//! sends it again at once only when Batch certainly did not process it (throttled, or the
+//! connection never opened); after any other failure it first looks for the job by its name and
+//! its `mfbatch.request-id` tag, and sends again only when no such job appears.
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
+use aws_sdk_batch::error::SdkError;
+use aws_sdk_batch::operation::submit_job::SubmitJobError;
 use serde::Serialize;
 
-use crate::error::{AwsError, ConfigError, Service};
+use crate::error::{AwsError, AwsErrorKind, ConfigError, Service};
 use crate::jobdef::{NameValue, Requirement};
 use crate::spec::{Resources, MAX_TAGS};
 
@@ -16,6 +27,35 @@ pub const MAX_REQUEST_BYTES: usize = 30 * 1024;
 
 /// Tries of SubmitJob while a just-registered definition is not yet visible (0.5 + 1 + 2 s).
 const DEFINITION_VISIBLE_TRIES: usize = 4;
+
+/// The tag carrying each launch's random request id.
+pub const REQUEST_ID_TAG: &str = "mfbatch.request-id";
+
+/// Sends of one SubmitJob in all (the first included).
+const SUBMIT_TRIES: u32 = 5;
+
+/// Waits before each look for a job whose SubmitJob answer was lost: Batch lists a new job a
+/// moment after creating it.
+const LOOKUP_WAITS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// Jobs of the same name created this long before the send still count as candidates (clock
+/// skew between this machine and AWS).
+const LOOKUP_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// What a failed send says about whether a job was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendFailure {
+    /// Batch did not process the request (throttled, or the connection never opened).
+    NotProcessed,
+    /// The request may have created a job (timeout, dropped connection, 5xx, unreadable answer).
+    Ambiguous,
+    /// Batch refused it (a 4xx), or it was never sent (no credentials).
+    Rejected,
+}
 
 /// Whether Batch said the job definition does not exist.
 fn definition_not_visible(e: &AwsError) -> bool {
@@ -181,8 +221,41 @@ impl SubmitRequest {
         self.send(client).await
     }
 
-    /// Sends the request and returns the job id.
+    /// Sends the request and returns the job id; creates at most one job (see the module doc).
     pub async fn send(&self, client: &aws_sdk_batch::Client) -> Result<String, AwsError> {
+        let started_ms = epoch_ms();
+        let mut wait = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match self.send_once(client).await {
+                Ok(id) => return Ok(id),
+                Err(err) => err,
+            };
+            let failure = classify(&err);
+            let err = AwsError::from_sdk(Service::Batch, "SubmitJob", err);
+            match failure {
+                SendFailure::Rejected => return Err(err),
+                SendFailure::Ambiguous => {
+                    if let Some(id) = self.find_sent(client, started_ms).await? {
+                        return Ok(id);
+                    }
+                }
+                SendFailure::NotProcessed => {}
+            }
+            if tries >= SUBMIT_TRIES {
+                return Err(err);
+            }
+            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64())).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One SubmitJob request, without the SDK's retries.
+    async fn send_once(
+        &self,
+        client: &aws_sdk_batch::Client,
+    ) -> Result<String, SdkError<SubmitJobError, aws_smithy_runtime_api::http::Response>> {
         use aws_sdk_batch::types::{
             ContainerOverrides as Overrides, JobTimeout, KeyValuePair, ResourceRequirement,
             ResourceType,
@@ -232,9 +305,150 @@ impl SubmitRequest {
                     .attempt_duration_seconds(t.attempt_duration_seconds as i32)
                     .build()
             }))
+            .customize()
+            .config_override(
+                aws_sdk_batch::config::Builder::default()
+                    .retry_config(aws_sdk_batch::config::retry::RetryConfig::disabled()),
+            )
             .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(Service::Batch, "SubmitJob", e))?;
-        Ok(out.job_id().unwrap_or_default().to_owned())
+            .await?;
+        // An answer without a job id is unusable, and the job it may stand for can be found.
+        match out.job_id().filter(|id| !id.is_empty()) {
+            Some(id) => Ok(id.to_owned()),
+            None => Err(SdkError::construction_failure(MissingJobId)),
+        }
     }
+
+    /// The job this request created, if any: a job of the same name in the queue, created
+    /// since the first send, with this request's id. Looks a few times, as Batch lists a new job
+    /// a moment late.
+    async fn find_sent(
+        &self,
+        client: &aws_sdk_batch::Client,
+        started_ms: i64,
+    ) -> Result<Option<String>, AwsError> {
+        let Some(request_id) = self.tags.get(REQUEST_ID_TAG) else {
+            return Ok(None);
+        };
+        for wait in LOOKUP_WAITS {
+            tokio::time::sleep(wait).await;
+            let mut candidates = Vec::new();
+            let mut pages = client
+                .list_jobs()
+                .job_queue(&self.job_queue)
+                .filters(
+                    aws_sdk_batch::types::KeyValuesPair::builder()
+                        .name("JOB_NAME")
+                        .values(&self.job_name)
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| AwsError::from_sdk(Service::Batch, "ListJobs", e))?;
+                candidates.extend(
+                    page.job_summary_list()
+                        .iter()
+                        .filter(|j| {
+                            j.created_at()
+                                .is_none_or(|t| t >= started_ms - LOOKUP_SKEW_MS)
+                        })
+                        .filter_map(|j| j.job_id().map(str::to_owned)),
+                );
+            }
+            for ids in candidates.chunks(crate::track::MAX_IDS_PER_CALL) {
+                let found = client
+                    .describe_jobs()
+                    .set_jobs(Some(ids.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk(Service::Batch, "DescribeJobs", e))?;
+                let ours = found.jobs().iter().find(|j| {
+                    j.tags()
+                        .and_then(|t| t.get(REQUEST_ID_TAG))
+                        .is_some_and(|v| v == request_id)
+                });
+                if let Some(id) = ours.and_then(|j| j.job_id()) {
+                    return Ok(Some(id.to_owned()));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// SubmitJob answered without a job id.
+#[derive(Debug, thiserror::Error)]
+#[error("SubmitJob's answer has no job id")]
+struct MissingJobId;
+
+/// Whether a failed SubmitJob may have created a job.
+fn classify(err: &SdkError<SubmitJobError, aws_smithy_runtime_api::http::Response>) -> SendFailure {
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            if status == 429
+                || matches!(AwsError::code_kind(service.err()), AwsErrorKind::Throttled)
+            {
+                SendFailure::NotProcessed
+            } else if status >= 500 {
+                SendFailure::Ambiguous
+            } else {
+                SendFailure::Rejected
+            }
+        }
+        SdkError::DispatchFailure(failure) => {
+            if connection_never_opened(failure.as_connector_error()) {
+                SendFailure::NotProcessed
+            } else if format!("{err:?}")
+                .to_ascii_lowercase()
+                .contains("credentials")
+            {
+                // No credentials: the request was never signed, let alone sent.
+                SendFailure::Rejected
+            } else {
+                SendFailure::Ambiguous
+            }
+        }
+        // Our own "no job id" (the answer came, unusable), or a request that could not be built.
+        SdkError::ConstructionFailure(_) => {
+            if find_source::<MissingJobId>(err).is_some() {
+                SendFailure::Ambiguous
+            } else {
+                SendFailure::Rejected
+            }
+        }
+        _ => SendFailure::Ambiguous,
+    }
+}
+
+/// A connect failure (refused, unreachable, DNS) means no byte of the request left.
+fn connection_never_opened(
+    err: Option<&aws_smithy_runtime_api::client::result::ConnectorError>,
+) -> bool {
+    let Some(err) = err else { return false };
+    if let Some(client) = find_source::<hyper_util::client::legacy::Error>(err) {
+        return client.is_connect();
+    }
+    false
+}
+
+fn find_source<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
 }

@@ -300,6 +300,30 @@ async fn bad_input_exits_2_naming_the_problem_before_any_aws_call() {
 }
 
 #[tokio::test]
+async fn negative_numbers_reach_the_validator_which_names_the_flag() {
+    let fake = FakeAws::start().await;
+    for (flag, value) in [
+        ("--memory", "-5"),
+        ("--cpu", "-1"),
+        ("--gpu", "-2"),
+        ("--timeout", "-3"),
+        ("--retries", "-1"),
+    ] {
+        let cli = Cli::new(&fake);
+        cli.write("step.py", "print('hi')\n");
+        let out = cli.run(&["run", "--detach", flag, value, "step.py"]);
+        assert_eq!(out.code, Some(2), "{flag} {value}: {}", out.render());
+        assert!(
+            out.stderr
+                .contains(&format!("invalid value \"{value}\" for {flag}")),
+            "{flag} {value}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(fake.total_calls(), 0, "nothing reached AWS");
+}
+
+#[tokio::test]
 async fn config_shows_each_value_and_where_it_came_from() {
     let fake = FakeAws::start().await;
     let mut cli = Cli::new(&fake);

@@ -199,8 +199,18 @@ async fn cold_run_uploads_registers_and_submits() {
     assert_eq!(sha256_hex(&object), *sha);
     assert_eq!(fake.object_keys(BUCKET), [key_of(url)]);
 
-    // Tags: mfbatch's own and the user's, propagated to the ECS task.
-    let tags: BTreeMap<String, String> = serde_json::from_value(submit["tags"].clone()).unwrap();
+    // The end records' nonce, and the file count the bootstrap checks the archive against.
+    assert_eq!(env["MFBATCH_END_NONCE"].len(), 32);
+    assert_eq!(env["MFBATCH_PACKAGE_FILES"], "2");
+
+    // Tags: mfbatch's own and the user's, propagated to the ECS task; the request id is random.
+    let mut tags: BTreeMap<String, String> =
+        serde_json::from_value(submit["tags"].clone()).unwrap();
+    let request_id = tags
+        .remove(mfbatch::submit::REQUEST_ID_TAG)
+        .expect("a request id");
+    assert_eq!(request_id.len(), 32);
+    assert_ne!(request_id, env["MFBATCH_END_NONCE"]);
     let want: BTreeMap<String, String> = [
         ("mfbatch.script", "step.py"),
         ("mfbatch.user", "tester"),

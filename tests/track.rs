@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use mfbatch::event::{Event, FailureKind, JobStatus};
+use mfbatch::event::{DecidedBy, Event, FailureKind, JobStatus};
 use mfbatch::track::{FollowRequest, Tracker, TrackerConfig};
 use support::{AttemptEnd, FakeAws, Timeline};
 
@@ -196,25 +196,67 @@ async fn failures_are_explained() {
         Timeline::new()
             .running(1)
             .failed(AttemptEnd::exit(1).status_reason("Host EC2 (instance i-123) terminated.")),
+        // The step's own 121 (its end record says so) is not the bootstrap's…
         Timeline::new().running(1).exit(121),
+        // …nor is a 121 with no record to tell whose it is.
+        Timeline::new().running(1).exit(121).without_end_records(),
         Timeline::new()
             .failed_without_attempt("CannotPullContainerError: pull access denied for nope"),
     ];
     let ids = fake.submit_jobs(timelines).await;
     let expected = [
-        (Some(3), FailureKind::ExitCode),
-        (None, FailureKind::OutOfMemory),
-        (Some(1), FailureKind::SpotReclaimed),
-        (Some(121), FailureKind::Bootstrap),
-        (None, FailureKind::ImagePull),
+        (
+            Some(3),
+            FailureKind::ExitCode,
+            "the step exited with code 3",
+        ),
+        (None, FailureKind::OutOfMemory, "out of memory"),
+        (Some(1), FailureKind::SpotReclaimed, "reclaimed"),
+        (
+            Some(121),
+            FailureKind::ExitCode,
+            "the step exited with code 121",
+        ),
+        (
+            Some(121),
+            FailureKind::ExitCode,
+            "the container exited with code 121",
+        ),
+        (None, FailureKind::ImagePull, "could not be pulled"),
     ];
-    for (id, (code, kind)) in ids.iter().zip(expected) {
+    for (id, (code, kind, summary)) in ids.iter().zip(expected) {
         let (_, statuses, outcome, _) = follow_one(&fake, id).await;
         assert_eq!(statuses.last(), Some(&JobStatus::Failed));
         assert_eq!(outcome.exit_code, code, "{outcome:?}");
         assert_eq!(outcome.failure, Some(kind.clone()), "{outcome:?}");
-        assert!(outcome.summary.is_some());
+        assert!(
+            outcome
+                .summary
+                .as_deref()
+                .unwrap_or_default()
+                .contains(summary),
+            "{outcome:?}"
+        );
     }
+}
+
+#[tokio::test]
+async fn the_bootstraps_own_failure_is_told_by_its_end_record() {
+    let fake = FakeAws::start().await;
+    let timeline = Timeline::new()
+        .running(3)
+        .logs(&[
+            "mfbatch-bootstrap: cannot download s3://b/k: HTTP 403 AccessDenied",
+            "@end:stdout:121:bootstrap",
+            "@end:stderr:121:bootstrap",
+        ])
+        .exit(121);
+    let ids = fake.submit_jobs(vec![timeline]).await;
+    let (lines, _, outcome, _) = follow_one(&fake, &ids[0]).await;
+    assert_eq!(lines.len(), 1, "records are not lines: {lines:?}");
+    assert_eq!(outcome.failure, Some(FailureKind::Bootstrap), "{outcome:?}");
+    assert_eq!(outcome.exit_code, Some(121));
+    assert_eq!(outcome.decided_by, DecidedBy::EndRecord);
 }
 
 #[tokio::test]

@@ -1,13 +1,18 @@
 """mfbatch bootstrap: fetch, verify, unpack and run one step. Stdlib, Py3.8+,
 run as `python -u -c "$MFBATCH_BOOTSTRAP"`. Env: MFBATCH_PACKAGE_URL (s3://,
-file://), MFBATCH_PACKAGE_SHA256, MFBATCH_SCRIPT, MFBATCH_ARGS (JSON list),
-MFBATCH_WORKDIR_PARENT, MFBATCH_BOOTSTRAP_RETRY_BASE_SECONDS (1),
+file://), MFBATCH_PACKAGE_SHA256, MFBATCH_PACKAGE_FILES (regular files in it),
+MFBATCH_SCRIPT, MFBATCH_ARGS (JSON list), MFBATCH_WORKDIR_PARENT,
+MFBATCH_END_NONCE, MFBATCH_BOOTSTRAP_RETRY_BASE_SECONDS (1),
 METAFLOW_S3_ENDPOINT_URL, AWS_REGION and the usual AWS credential sources.
 
 Exit: the step's code, 128+N if it died by signal N; before it runs:
 121 download failed (403/404, retries spent); 122 package corrupt (sha256, not
-tar.gz, unsafe member); 123 bad env (MFBATCH_*, no such script); 128+N signal
-N; 127 no python (sh stub); 1 bootstrap bug (traceback).
+tar.gz, ends early, member not a file or dir); 123 bad env (MFBATCH_*, no such
+script); 128+N signal N; 127 no python (sh stub); 1 bootstrap bug (traceback).
+With MFBATCH_END_NONCE set, the last line on stdout and on stderr is the end
+record `mfbatch-end:v1:NONCE:ATTEMPT:CODE:ORIGIN:stdout|stderr`, so mfbatch
+knows the output is complete and who chose the code: ORIGIN is step,
+bootstrap, or stopped (the container was told to stop; only Batch knows why).
 """
 import hmac, json, os, random, re, shutil, signal, subprocess, sys, tarfile
 import tempfile, time, zlib
@@ -18,6 +23,8 @@ from urllib.error import HTTPError
 
 NETERR = (OSError, HTTPException)  # URLError and timeouts are OSErrors
 _child, _held = [], []  # the running step; signals held while it starts
+_stopped = []  # stop signals forwarded to the step: its exit is not its own
+STEP_VARS = ("MFBATCH_CPU", "MFBATCH_MEMORY_MIB")  # the only MFBATCH_* a step sees
 
 
 class Fail(Exception):
@@ -92,9 +99,10 @@ def s3_http_url(bucket, key, region, endpoint=None):
     key = parse.quote(key, safe="/")  # S3 rules: keep '/' and unreserved only
     if endpoint:
         return "%s/%s/%s" % (endpoint.rstrip("/"), bucket, key)
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
     if "." in bucket:  # a dotted name breaks the TLS wildcard: path style
-        return "https://s3.%s.amazonaws.com/%s/%s" % (region, bucket, key)
-    return "https://%s.s3.%s.amazonaws.com/%s" % (bucket, region, key)
+        return "https://s3.%s.%s/%s/%s" % (region, domain, bucket, key)
+    return "https://%s.s3.%s.%s/%s" % (bucket, region, domain, key)
 
 
 def _copy(src, out):
@@ -162,43 +170,44 @@ def _inside(root, path):
 
 
 def _member(tar, m, root):
-    """Create member m under root, refusing anything that could escape."""
+    """Create member m under root; 1 if it is a file. Only regular files and
+    directories: mfbatch never writes links, so a link is an attack."""
     parts = [p for p in m.name.split("/") if p not in ("", ".")]
     if m.name.startswith("/") or ".." in parts:
         raise Fail(122, "unsafe member name %r" % m.name)
+    if not (m.isfile() or m.isdir()):
+        raise Fail(122, "member %r is not a regular file or directory" % m.name)
     if not parts:
-        return
+        return 0
     dest = os.path.join(root, *parts)
-    # A link made by an earlier member must not redirect this one.
     if not _inside(root, os.path.realpath(os.path.dirname(dest))):
-        raise Fail(122, "member %r is under a link out of the package" % m.name)
-    if os.path.islink(dest) or os.path.isfile(dest):
-        os.unlink(dest)  # later members win; never write through a link
+        raise Fail(122, "member %r is outside the package" % m.name)
     if m.isdir():
-        return os.makedirs(dest, exist_ok=True)
+        os.makedirs(dest, exist_ok=True)
+        return 0
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if m.issym() or m.islnk():  # hard link targets are archive-relative
-        target = os.path.realpath(os.path.join(
-            os.path.dirname(dest) if m.issym() else root, m.linkname))
-        if not _inside(root, target):
-            raise Fail(122, "link %r -> %r leaves the package" % (m.name, m.linkname))
-        return os.symlink(m.linkname, dest) if m.issym() else shutil.copyfile(target, dest)
-    if not m.isfile():
-        raise Fail(122, "special member %r" % m.name)
+    if os.path.isfile(dest):
+        os.unlink(dest)  # later members win
     with tar.extractfile(m) as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out)
     os.chmod(dest, 0o755 if m.mode & 0o100 else 0o644)
+    return 1
 
 
-def extract(fileobj, root):
-    """Unpack a tar.gz by hand: tarfile's filters differ across 3.8-3.13."""
+def extract(fileobj, root, expected=None):
+    """Unpack a tar.gz by hand: tarfile's filters differ across 3.8-3.13.
+    tarfile ends quietly at a bad header, so count the files against
+    `expected` (MFBATCH_PACKAGE_FILES): a short archive is refused."""
     root = os.path.realpath(root)
+    files = 0
     try:
         with tarfile.open(fileobj=fileobj, mode="r:gz") as tar:
             for m in tar:
-                _member(tar, m, root)
+                files += _member(tar, m, root)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise Fail(122, "cannot unpack package: %s" % e)
+    if expected is not None and files != expected:
+        raise Fail(122, "package holds %d files, expected %d: it ends early" % (files, expected))
 
 
 def prepare(env):
@@ -217,6 +226,10 @@ def prepare(env):
         args = None
     if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
         raise Fail(123, "MFBATCH_ARGS is not a JSON array of strings")
+    count = (env.get("MFBATCH_PACKAGE_FILES") or "").strip()
+    if count and not count.isdigit():
+        raise Fail(123, "MFBATCH_PACKAGE_FILES is not a number")
+    expected = int(count) if count else None
     parent = env.get("MFBATCH_WORKDIR_PARENT") or tempfile.gettempdir()
     try:
         root = tempfile.mkdtemp(prefix="mfbatch-", dir=parent)
@@ -229,7 +242,7 @@ def prepare(env):
             if got != sha.lower():
                 raise Fail(122, "package sha256 is %s, expected %s" % (got, sha))
             tmp.seek(0)
-            extract(tmp, root)
+            extract(tmp, root, expected)
         path = os.path.realpath(os.path.join(root, script))
         if not (_inside(os.path.realpath(root), path) and os.path.isfile(path)):
             raise Fail(123, "script %r is not in the package" % script)
@@ -240,6 +253,7 @@ def prepare(env):
 
 
 def _on_signal(signum, _frame):
+    _stopped.append(signum)
     if _child:
         _child[0].send_signal(signum)
     elif _held:  # inside Popen: deliver once the step exists
@@ -248,7 +262,33 @@ def _on_signal(signum, _frame):
         raise Fail(128 + signum, "interrupted by signal %d before the step ran" % signum)
 
 
-def main():
+def end_record(code, origin, env):
+    """The last line on both pipes: the output is complete, and who chose the code."""
+    nonce = env.get("MFBATCH_END_NONCE", "").strip()
+    if not re.fullmatch("[0-9A-Za-z_-]{1,128}", nonce):
+        return
+    attempt = env.get("AWS_BATCH_JOB_ATTEMPT", "").strip()
+    line = "mfbatch-end:v1:%s:%s:%d:%s:" % (
+        nonce, attempt if attempt.isdigit() else "1", code, origin)
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        try:
+            stream.write(line + name + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nobody is reading
+
+
+def step_env(env, root):
+    """The step's environment: the bootstrap's own MFBATCH_* removed, so that
+    a nested mfbatch run (or the step) never takes them for its own."""
+    out = {k: v for k, v in env.items() if not k.startswith("MFBATCH_") or k in STEP_VARS}
+    out["PYTHONUNBUFFERED"] = "1"
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return out
+
+
+def run():
+    """(exit code, "step" | "bootstrap")."""
     t0 = time.monotonic()
     os.environ.pop("MFBATCH_BOOTSTRAP", None)  # the step must not inherit it
     for s in (signal.SIGTERM, signal.SIGINT):  # also: PID 1 ignores unhandled ones
@@ -258,20 +298,29 @@ def main():
         _held.append(0)
     except Fail as e:
         log(e)
-        return e.code
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        return e.code, "bootstrap"
     if os.environ.get("MFBATCH_BOOTSTRAP_VERBOSE"):  # the job's output is the step's alone
         log("package %s ready in %.1f s, running %s" % (
             os.environ["MFBATCH_PACKAGE_SHA256"].strip()[:12], time.monotonic() - t0, script))
     try:
-        _child.append(subprocess.Popen([sys.executable, "-u", script] + args, cwd=root, env=env))
+        _child.append(subprocess.Popen([sys.executable, "-u", script] + args, cwd=root,
+                                       env=step_env(os.environ, root)))
         for s in _held[1:]:
             _child[0].send_signal(s)
         rc = _child[0].wait()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return 128 - rc if rc < 0 else rc
+    return (128 - rc if rc < 0 else rc), ("stopped" if _stopped else "step")
+
+
+def main():
+    env = dict(os.environ)
+    code, origin = 1, "bootstrap"
+    try:
+        code, origin = run()
+    finally:  # a traceback (bootstrap bug) still ends with a record, code 1
+        end_record(code, origin, env)
+    return code
 
 
 if __name__ == "__main__":

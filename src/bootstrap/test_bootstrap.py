@@ -521,19 +521,119 @@ class UnsafeArchiveTest(Base):
             info.type = kind
             self.hostile((info, None))
 
-    def test_symlinks_inside_and_dirs_are_fine(self):
+    def test_links_are_refused_even_inside(self):
+        # mfbatch never writes links: any link member is an attack (or a foreign archive).
+        for member in (sym("helper2.py", "helper.py"),
+                       sym("pkg/copy.py", "helper.py", tarfile.LNKTYPE)):
+            p = self.hostile(member)
+            self.assertIn("is not a regular file or directory", p.stderr)
+
+    def test_dirs_and_modes_are_fine(self):
         d = tarfile.TarInfo("pkg")
         d.type = tarfile.DIRTYPE
         x = tarfile.TarInfo("run.sh")
         x.mode = 0o755
-        step = ("import os, helper2\nprint(helper2.greet('x'))\n"
+        step = ("import os\n"
                 "print(os.access('run.sh', os.X_OK), os.access('helper.py', os.X_OK))\n"
-                "print(open('pkg/copy.py').read() == open('helper.py').read())\n")
-        data = make_package({"step.py": step, "helper.py": HELPER},
-                            [(d, None), sym("helper2.py", "pkg/../helper.py"),
-                             sym("pkg/copy.py", "helper.py", tarfile.LNKTYPE), (x, b"#!/bin/sh\n")])
+                "print(os.path.isdir('pkg'))\n")
+        data = make_package({"step.py": step, "helper.py": HELPER}, [(d, None), (x, b"#!/bin/sh\n")])
         p = self.run_bootstrap(self.env(data))
-        self.assertEqual((p.returncode, p.stdout), (0, "hello x\nTrue False\nTrue\n"), p.stderr)
+        self.assertEqual((p.returncode, p.stdout), (0, "True False\nTrue\n"), p.stderr)
+
+    def test_an_archive_that_ends_early_is_refused(self):
+        # A bad header in the middle makes tarfile stop quietly: the count catches it.
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            for name in ("step.py", "a.py", "b.py"):
+                data = b"print('hi')\n"
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        tar_bytes = bytearray(raw.getvalue())
+        tar_bytes[1024:1024 + 8] = b"\xff" * 8  # a.py's header: its checksum no longer matches
+        data = gzip_bytes(bytes(tar_bytes))
+        quiet = self.run_bootstrap(self.env(data))
+        self.assertEqual(quiet.returncode, 0, "without a count the loss goes unnoticed")
+        p = self.run_bootstrap(self.env(data, MFBATCH_PACKAGE_FILES="3"))
+        self.assertFailure(p, 122, "ends early")
+
+
+def gzip_bytes(data):
+    import gzip
+    return gzip.compress(data)
+
+
+class EndRecordTest(Base):
+    NONCE = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+    def records(self, proc, code, origin, attempt="1"):
+        line = "mfbatch-end:v1:%s:%s:%d:%s:" % (self.NONCE, attempt, code, origin)
+        self.assertEqual(proc.stdout.splitlines()[-1], line + "stdout", proc.stdout)
+        self.assertEqual(proc.stderr.splitlines()[-1], line + "stderr", proc.stderr)
+
+    def test_the_steps_exit_ends_both_pipes(self):
+        step = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)\n"
+        env = self.env(make_package({"step.py": step}), MFBATCH_END_NONCE=self.NONCE,
+                       AWS_BATCH_JOB_ATTEMPT="2")
+        p = self.run_bootstrap(env)
+        self.assertEqual(p.returncode, 3)
+        self.assertEqual(p.stdout.splitlines()[0], "out")
+        self.records(p, 3, "step", attempt="2")
+
+    def test_a_bootstrap_failure_says_so(self):
+        env = self.env(self.simple(), MFBATCH_PACKAGE_URL="s3://bucket/nope",
+                       MFBATCH_END_NONCE=self.NONCE)
+        p = self.run_bootstrap(env)
+        self.assertEqual(p.returncode, 121, p.stderr)
+        self.records(p, 121, "bootstrap")
+
+    def test_a_step_stopped_from_outside_says_stopped(self):
+        step = "import time; print('ready', flush=True); time.sleep(20)\n"
+        env = self.env(make_package({"step.py": step}), MFBATCH_END_NONCE=self.NONCE)
+        proc = subprocess.Popen([sys.executable, "-u", "-c", SOURCE], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True)
+        try:
+            self.assertEqual(proc.stdout.readline(), "ready\n")
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=10)
+        finally:
+            proc.kill()
+            proc.wait()
+        self.assertEqual(proc.returncode, 128 + signal.SIGTERM, err)
+        self.records(subprocess.CompletedProcess([], 0, "ready\n" + out, err),
+                     128 + signal.SIGTERM, "stopped")
+
+    def test_the_stub_writes_records_when_the_image_has_no_python(self):
+        env = self.env(self.simple(), MFBATCH_END_NONCE=self.NONCE, PATH="/nonexistent")
+        p = subprocess.run(["/bin/sh", "-c", STUB], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+        self.assertEqual(p.returncode, 127, p.stderr)
+        self.records(p, 127, "bootstrap")
+
+    def test_no_nonce_no_records(self):
+        p = self.run_bootstrap(self.env(self.simple()))
+        self.assertNotIn("mfbatch-end", p.stdout + p.stderr)
+
+
+class StepEnvironmentTest(Base):
+    def test_the_step_sees_none_of_the_bootstraps_variables(self):
+        step = ("import os, sys\n"
+                "print(sorted(k for k in os.environ if k.startswith('MFBATCH_')))\n"
+                "print(sys.argv[1:])\n")
+        env = self.env(make_package({"step.py": step}), MFBATCH_CPU="2",
+                       MFBATCH_DRAIN_QUIET_MS="5", MFBATCH_END_NONCE="abc")
+        p = self.run_bootstrap(env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.splitlines()[:2], ["['MFBATCH_CPU']", "[]"])
+
+    def test_china_regions_use_their_own_domain(self):
+        self.assertEqual(bootstrap.s3_http_url("b", "k", "cn-north-1"),
+                         "https://b.s3.cn-north-1.amazonaws.com.cn/k")
+        self.assertEqual(bootstrap.s3_http_url("b.c", "k", "cn-northwest-1"),
+                         "https://s3.cn-northwest-1.amazonaws.com.cn/b.c/k")
+        self.assertEqual(bootstrap.s3_http_url("b", "k", "eu-west-1"),
+                         "https://b.s3.eu-west-1.amazonaws.com/k")
 
 
 class socket_port:

@@ -46,6 +46,9 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+// Negative numbers reach the validator, which names the flag (`--memory -5`), instead of being
+// taken for flags.
+#[command(allow_negative_numbers = true)]
 pub struct RunArgs {
     /// The Python script to run (a step file).
     pub script: PathBuf,

@@ -36,6 +36,9 @@ pub enum OnInterrupt {
     Leave,
 }
 
+/// After the first Ctrl-C, how long to keep showing the jobs' last lines while they stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Follows the jobs to the end and returns the exit code.
 pub async fn follow(
     clients: &Clients,
@@ -51,20 +54,20 @@ pub async fn follow(
         already_interrupted,
     } = interrupts;
     let tracker = Tracker::new(clients, config);
-    let statuses: Arc<Mutex<HashMap<String, JobStatus>>> = Arc::default();
-    let sink = status_recording_sink(renderer.sink(), statuses.clone());
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = recording_sink(renderer.sink(), seen.clone());
     let mut jobs = JoinSet::new();
     let ids: Vec<String> = requests.iter().map(|r| r.job_id.clone()).collect();
     for request in requests {
         let handle = tracker.follow_with(request, sink.clone());
         jobs.spawn(handle.wait());
     }
-    let mut interrupted = false;
+    let mut stopping: Option<Stopping> = None;
     let mut signalled = already_interrupted;
     let mut results: Vec<Result<Outcome, TrackError>> = Vec::new();
     loop {
         if std::mem::take(&mut signalled) {
-            if interrupted || on_interrupt == OnInterrupt::Leave {
+            if stopping.is_some() || on_interrupt == OnInterrupt::Leave {
                 drop(sink);
                 renderer.finish().await;
                 if on_interrupt == OnInterrupt::StopJobs {
@@ -75,52 +78,151 @@ pub async fn follow(
                 }
                 return Ok(exit::INTERRUPTED);
             }
-            interrupted = true;
-            let pending: Vec<(String, Option<JobStatus>)> = {
-                let statuses = statuses.lock().expect("status lock");
-                ids.iter()
-                    .map(|id| (id.clone(), statuses.get(id).copied()))
-                    .filter(|(_, s)| !s.is_some_and(JobStatus::is_terminal))
-                    .collect()
-            };
-            for (job_id, status) in pending {
-                let reason = "interrupted: stopped by the user with mfbatch".to_owned();
-                sink(Event::Terminating {
-                    job_id: job_id.clone(),
-                    reason: reason.clone(),
-                });
-                if let Err(e) = tracker.stop(&job_id, status, &reason).await {
-                    print_error(&style, &e, e.hint());
-                }
-            }
-            sink(Event::Warning(mfbatch::event::Warning::Notice {
-                message: "waiting for the jobs to stop (Ctrl-C again to leave now)".into(),
-            }));
+            stopping = Some(start_stopping(&tracker, &ids, &seen, &sink));
         }
+        if let Some(stop) = &stopping {
+            if ids
+                .iter()
+                .all(|id| seen.lock().expect("seen lock").stopped(id))
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= stop.deadline {
+                break;
+            }
+        }
+        let deadline = stopping.as_ref().map(|s| s.deadline);
+        let stop_calls = stopping.as_mut().map(|s| &mut s.calls);
         tokio::select! {
             joined = jobs.join_next() => match joined {
                 Some(result) => results.push(result.expect("job tasks do not panic")),
                 None => break,
             },
             _ = signals.recv() => signalled = true,
+            // Seen events (end records) are checked at the top of the loop.
+            _ = tokio::time::sleep(Duration::from_millis(50)), if deadline.is_some() => {}
+            Some(done) = async {
+                match stop_calls {
+                    Some(calls) if !calls.is_empty() => calls.join_next().await,
+                    _ => std::future::pending().await,
+                }
+            } => {
+                if let Ok((_, Err(e))) = done {
+                    print_error(&style, &e, e.hint());
+                }
+            }
         }
     }
     drop(sink);
     renderer.finish().await;
-    exit_code(results, interrupted)
+    if stopping.is_some() {
+        let seen = seen.lock().expect("seen lock");
+        let running: Vec<&String> = ids.iter().filter(|id| !seen.stopped(id)).collect();
+        if running.is_empty() {
+            eprintln!("Stopped: {}", seen.describe_stops(&ids));
+        } else {
+            let running: Vec<&str> = running.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "Not yet seen to stop after {}s (the container may take up to 30 s more): {}\n  watch with: mfbatch status {}",
+                STOP_GRACE.as_secs(),
+                running.join(" "),
+                running.join(" ")
+            );
+        }
+        return Ok(exit::INTERRUPTED);
+    }
+    exit_code(results, false)
 }
 
-/// Remembers each job's last status (for choosing CancelJob or TerminateJob), then renders.
-fn status_recording_sink(
-    inner: EventSink,
-    statuses: Arc<Mutex<HashMap<String, JobStatus>>>,
-) -> EventSink {
+/// The first interrupt: stop calls are sent at once, in the background, so that a second
+/// interrupt is heard even while one hangs.
+struct Stopping {
+    deadline: tokio::time::Instant,
+    calls: JoinSet<(String, Result<(), mfbatch::error::AwsError>)>,
+}
+
+fn start_stopping(
+    tracker: &Tracker,
+    ids: &[String],
+    seen: &Mutex<Seen>,
+    sink: &EventSink,
+) -> Stopping {
+    let mut calls = JoinSet::new();
+    let pending: Vec<(String, Option<JobStatus>)> = {
+        let seen = seen.lock().expect("seen lock");
+        ids.iter()
+            .filter(|id| !seen.stopped(id))
+            .map(|id| (id.clone(), seen.statuses.get(id).copied()))
+            .collect()
+    };
+    for (job_id, status) in pending {
+        let reason = "interrupted: stopped by the user with mfbatch".to_owned();
+        sink(Event::Terminating {
+            job_id: job_id.clone(),
+            reason: reason.clone(),
+        });
+        let tracker = tracker.clone();
+        calls.spawn(async move {
+            let result = tracker.stop(&job_id, status, &reason).await;
+            (job_id, result)
+        });
+    }
+    sink(Event::Warning(mfbatch::event::Warning::Notice {
+        message: format!(
+            "waiting up to {}s for the jobs to stop (Ctrl-C again to leave now)",
+            STOP_GRACE.as_secs()
+        ),
+    }));
+    Stopping {
+        deadline: tokio::time::Instant::now() + STOP_GRACE,
+        calls,
+    }
+}
+
+/// What the jobs' events said so far: each job's last status (for choosing CancelJob or
+/// TerminateJob) and whether its step was seen to exit.
+#[derive(Default)]
+struct Seen {
+    statuses: HashMap<String, JobStatus>,
+    step_exits: HashMap<String, i32>,
+}
+
+impl Seen {
+    fn stopped(&self, id: &str) -> bool {
+        self.step_exits.contains_key(id) || self.statuses.get(id).is_some_and(|s| s.is_terminal())
+    }
+
+    fn describe_stops(&self, ids: &[String]) -> String {
+        ids.iter()
+            .map(
+                |id| match (self.step_exits.get(id), self.statuses.get(id)) {
+                    (Some(code), _) => format!("{id} (step exited {code})"),
+                    (None, Some(status)) => format!("{id} ({status})"),
+                    (None, None) => id.clone(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Records what [`Seen`] needs, then renders.
+fn recording_sink(inner: EventSink, seen: Arc<Mutex<Seen>>) -> EventSink {
     Arc::new(move |event| {
-        if let Event::Status { job_id, status, .. } = &event {
-            statuses
-                .lock()
-                .expect("status lock")
-                .insert(job_id.clone(), *status);
+        match &event {
+            Event::Status { job_id, status, .. } => {
+                seen.lock()
+                    .expect("seen lock")
+                    .statuses
+                    .insert(job_id.clone(), *status);
+            }
+            Event::StepExited { job_id, end, .. } => {
+                seen.lock()
+                    .expect("seen lock")
+                    .step_exits
+                    .insert(job_id.clone(), end.exit_code);
+            }
+            _ => {}
         }
         inner(event)
     })

@@ -90,7 +90,10 @@ pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
         .filter(|id| !snapshots.iter().any(|s| &s.job_id == *id))
         .collect();
     for snapshot in &snapshots {
-        let outcome = snapshot.status.is_terminal().then(|| snapshot.outcome());
+        let outcome = snapshot
+            .status
+            .is_terminal()
+            .then(|| snapshot.outcome(None));
         match global.output {
             Output::Json => println!(
                 "{}",

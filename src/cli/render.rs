@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use mfbatch::event::{Event, EventSink, JobStatus, Warning};
+use mfbatch::event::{DecidedBy, Event, EventSink, JobStatus, Warning};
 use mfbatch::package::SkipReason;
 use tokio::sync::mpsc;
 
@@ -303,15 +303,24 @@ impl Writer {
             Event::Terminating { job_id, reason } => {
                 self.status(format!("Stopping job {job_id} ({reason})"));
             }
+            // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
+            Event::StepExited { .. } => {}
             Event::Exited(outcome) => {
+                // Decided by the step's end records: Batch's own status comes later.
+                let batch_later = (outcome.decided_by == DecidedBy::EndRecord)
+                    .then(|| format!("; Batch will mark the job {}", outcome.status));
                 let line = if outcome.succeeded() {
-                    format!("Job {} succeeded", outcome.job_id)
+                    match &batch_later {
+                        Some(later) => format!("Job {}: step exited 0{later}", outcome.job_id),
+                        None => format!("Job {} succeeded", outcome.job_id),
+                    }
                 } else {
                     let summary = outcome.summary.as_deref().unwrap_or("failed");
                     let mut text = format!(
-                        "{} job {} failed: {summary}",
+                        "{} job {} failed: {summary}{}",
                         style.error("error:"),
-                        outcome.job_id
+                        outcome.job_id,
+                        batch_later.as_deref().unwrap_or_default()
                     );
                     if let Some(reason) = &outcome.reason {
                         text.push_str(&format!("\n  Batch says: {reason}"));

@@ -1,6 +1,7 @@
 //! One followed job's task: turns snapshots into status events, starts a log follower for each
-//! attempt's stream, warns about (or stops) a job stuck in RUNNABLE, and once the job ends waits
-//! for its logs to drain before reporting the outcome.
+//! attempt's stream, warns about (or stops) a job stuck in RUNNABLE, and reports the outcome:
+//! as soon as the step's end records decide it (no retry can follow), else once Batch reports
+//! the end and the logs have drained.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use super::logs::{self, FollowEnd, StreamRef};
 use super::poller::{self, Update};
 use super::snapshot::JobSnapshot;
 use super::{stop_job, FollowRequest, TrackError, TrackerConfig};
+use crate::end_record::StepEnd;
 use crate::event::{Event, EventSink, JobStatus, Outcome, Warning};
 use crate::queue;
 
@@ -33,39 +35,162 @@ pub async fn run(
     events: EventSink,
 ) -> Result<Outcome, TrackError> {
     let job_id = request.job_id.clone();
-    let (done_tx, done_rx) = watch::channel(false);
-    let mut followers = JoinSet::new();
-    let mut followed: HashSet<String> = HashSet::new();
-    let mut status: Option<JobStatus> = None;
-    let mut status_since = Instant::now();
-    let mut runnable_warned = false;
-    let mut stopped_for_runnable = false;
+    // When the job ended (from its `stoppedAt`), for the followers' drain window.
+    let (done_tx, done_rx) = watch::channel(None::<Instant>);
+    let mut followers: JoinSet<FollowEnd> = JoinSet::new();
+    let mut job = FollowedJob {
+        ctx: &ctx,
+        request: &request,
+        events: &events,
+        job_id: job_id.clone(),
+        followed: HashSet::new(),
+        status: None,
+        status_since: Instant::now(),
+        runnable_warned: false,
+        stopped_for_runnable: false,
+    };
+    let mut last: Option<JobSnapshot> = None;
+    let mut ended = false;
+    let mut step_end: Option<StepEnd> = None;
 
-    while let Some(update) = updates.recv().await {
-        let snapshot = match update {
-            Update::Snapshot(s) => *s,
-            Update::NotFound => return Err(TrackError::NotFound { job_id }),
-            Update::Failed(source) => return Err(TrackError::Aws { job_id, source }),
-        };
-        if status != Some(snapshot.status) {
+    loop {
+        tokio::select! {
+            update = updates.recv(), if !ended => {
+                let snapshot = match update {
+                    Some(Update::Snapshot(s)) => *s,
+                    Some(Update::NotFound) => return Err(TrackError::NotFound { job_id }),
+                    Some(Update::Failed(source)) => return Err(TrackError::Aws { job_id, source }),
+                    // The poller went away: the runtime is shutting down.
+                    None => return Err(TrackError::NotFound { job_id }),
+                };
+                job.on_snapshot(&snapshot, &mut followers, &done_rx).await?;
+                if snapshot.status.is_terminal() || request.once {
+                    ended = true;
+                    let _ = done_tx.send(Some(ended_at(&snapshot)));
+                } else if let Some(outcome) =
+                    step_end.and_then(|end| snapshot.outcome_from_step_end(end))
+                {
+                    return Ok(job.finish(outcome));
+                }
+                last = Some(snapshot);
+            }
+            Some(joined) = followers.join_next(), if !followers.is_empty() => {
+                match joined {
+                    Ok(FollowEnd::Complete(end)) => {
+                        events(Event::StepExited {
+                            job_id: job_id.clone(),
+                            job_name: last.as_ref().map(|s| s.job_name.clone()).unwrap_or_default(),
+                            end,
+                        });
+                        if step_end.is_none_or(|e| e.attempt <= end.attempt) {
+                            step_end = Some(end);
+                        }
+                        // Batch reports the end tens of seconds after it on AWS; look often.
+                        let _ = ctx.poller.send(poller::Command::Hurry { job_id: job_id.clone() });
+                        if !ended {
+                            if let Some(outcome) =
+                                last.as_ref().and_then(|s| s.outcome_from_step_end(end))
+                            {
+                                return Ok(job.finish(outcome));
+                            }
+                        }
+                    }
+                    // Status is known; a log stream we may not read must not hide the outcome,
+                    // but the user should hear of it now, not when the job ends.
+                    Ok(FollowEnd::Failed(err)) => events(Event::Warning(Warning::LogsUnavailable {
+                        job_id: job_id.clone(),
+                        reason: match &err.message {
+                            Some(message) => format!("{err} ({message})"),
+                            None => err.to_string(),
+                        },
+                    })),
+                    Ok(FollowEnd::Drained) | Err(_) => {}
+                }
+            }
+        }
+        if ended && followers.is_empty() {
+            break;
+        }
+    }
+    let snapshot = last.expect("a snapshot ended the job");
+    if !snapshot.status.is_terminal() {
+        // `once` on a live job: there is no outcome yet.
+        return Ok(snapshot.outcome_so_far());
+    }
+    if job.stopped_for_runnable {
+        return Err(TrackError::RunnableTimeout {
+            job_id,
+            waited: ctx.config.runnable_timeout.unwrap_or_default(),
+        });
+    }
+    Ok(job.finish(snapshot.outcome(step_end)))
+}
+
+/// When the job ended, as an instant of this process: from its `stoppedAt`, so that following a
+/// job that ended long ago does not wait out a drain window for lines that came long since.
+fn ended_at(snapshot: &JobSnapshot) -> Instant {
+    let now = Instant::now();
+    let ago = snapshot.stopped_at_ms.map_or(0, |stopped| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        (now_ms - stopped).clamp(0, 24 * 3600 * 1000) as u64
+    });
+    now.checked_sub(std::time::Duration::from_millis(ago))
+        .unwrap_or(now)
+}
+
+/// What one job's task remembers between snapshots.
+struct FollowedJob<'a> {
+    ctx: &'a Context,
+    request: &'a FollowRequest,
+    events: &'a EventSink,
+    job_id: String,
+    followed: HashSet<String>,
+    status: Option<JobStatus>,
+    status_since: Instant,
+    runnable_warned: bool,
+    stopped_for_runnable: bool,
+}
+
+impl FollowedJob<'_> {
+    fn finish(&self, outcome: Outcome) -> Outcome {
+        (self.events)(Event::Exited(outcome.clone()));
+        outcome
+    }
+
+    /// Status events, a follower per new stream, and the RUNNABLE watch.
+    async fn on_snapshot(
+        &mut self,
+        snapshot: &JobSnapshot,
+        followers: &mut JoinSet<FollowEnd>,
+        done: &watch::Receiver<Option<Instant>>,
+    ) -> Result<(), TrackError> {
+        let events = self.events;
+        let job_id = &self.job_id;
+        if self.status != Some(snapshot.status) {
             let now = Instant::now();
             events(Event::Status {
                 job_id: job_id.clone(),
                 job_name: snapshot.job_name.clone(),
                 status: snapshot.status,
-                previous: status,
-                previous_ms: status.map(|_| (now - status_since).as_millis() as u64),
+                previous: self.status,
+                previous_ms: self
+                    .status
+                    .map(|_| (now - self.status_since).as_millis() as u64),
                 reason: snapshot
                     .status_reason
                     .clone()
                     .filter(|_| snapshot.status == JobStatus::Runnable),
             });
-            status = Some(snapshot.status);
-            status_since = now;
+            self.status = Some(snapshot.status);
+            self.status_since = now;
         }
-        if !request.without_logs {
+        if !self.request.without_logs {
             for (attempt, stream) in snapshot.log_streams() {
-                if request.attempt.is_some_and(|a| a != attempt) || !followed.insert(stream.clone())
+                if self.request.attempt.is_some_and(|a| a != attempt)
+                    || !self.followed.insert(stream.clone())
                 {
                     continue;
                 }
@@ -75,81 +200,62 @@ pub async fn run(
                     attempt,
                     group: snapshot.log_group.clone(),
                     stream,
-                    start_time_ms: request.logs_since_ms,
+                    start_time_ms: self.request.logs_since_ms,
+                    end_nonce: snapshot.end_nonce.clone(),
                 };
                 followers.spawn(logs::follow(
-                    ctx.logs.clone(),
-                    ctx.logs_budget.clone(),
-                    ctx.config.clone(),
+                    self.ctx.logs.clone(),
+                    self.ctx.logs_budget.clone(),
+                    self.ctx.config.clone(),
                     stream,
-                    done_rx.clone(),
+                    done.clone(),
                     events.clone(),
-                    request.once,
+                    self.request.once,
                 ));
             }
         }
         if snapshot.status == JobStatus::Runnable {
-            let waited = status_since.elapsed();
-            if !runnable_warned && waited >= ctx.config.runnable_warning {
-                runnable_warned = true;
-                let detail = runnable_detail(&ctx, &snapshot).await;
-                events(Event::Warning(Warning::StuckRunnable {
-                    job_id: job_id.clone(),
-                    seconds: waited.as_secs(),
-                    reason: snapshot.status_reason.clone(),
-                    detail,
-                }));
-            }
-            if let Some(limit) = ctx.config.runnable_timeout {
-                if waited >= limit && !stopped_for_runnable {
-                    stopped_for_runnable = true;
-                    let reason = format!("mfbatch: RUNNABLE for longer than {}s", limit.as_secs());
-                    events(Event::Terminating {
-                        job_id: job_id.clone(),
-                        reason: reason.clone(),
-                    });
-                    if let Err(e) =
-                        stop_job(&ctx.batch, &ctx.batch_budget, &job_id, status, &reason).await
-                    {
-                        return Err(TrackError::Aws {
-                            job_id,
-                            source: Arc::new(e),
-                        });
-                    }
-                    let _ = ctx.poller.send(poller::Command::PollSoon {
-                        job_id: job_id.clone(),
-                    });
-                }
-            }
+            self.watch_runnable(snapshot).await?;
         }
-        if snapshot.status.is_terminal() || request.once {
-            let _ = done_tx.send(true);
-            while let Some(end) = followers.join_next().await {
-                if let Ok(FollowEnd::Failed(err)) = end {
-                    // Status is known; a log stream we may not read must not hide the outcome.
-                    events(Event::Warning(Warning::LogsUnavailable {
+        Ok(())
+    }
+
+    /// Warns about (and with a timeout, stops) a job that no compute environment places.
+    async fn watch_runnable(&mut self, snapshot: &JobSnapshot) -> Result<(), TrackError> {
+        let ctx = self.ctx;
+        let job_id = &self.job_id;
+        let waited = self.status_since.elapsed();
+        if !self.runnable_warned && waited >= ctx.config.runnable_warning {
+            self.runnable_warned = true;
+            let detail = runnable_detail(ctx, snapshot).await;
+            (self.events)(Event::Warning(Warning::StuckRunnable {
+                job_id: job_id.clone(),
+                seconds: waited.as_secs(),
+                reason: snapshot.status_reason.clone(),
+                detail,
+            }));
+        }
+        if let Some(limit) = ctx.config.runnable_timeout {
+            if waited >= limit && !self.stopped_for_runnable {
+                self.stopped_for_runnable = true;
+                let reason = format!("mfbatch: RUNNABLE for longer than {}s", limit.as_secs());
+                (self.events)(Event::Terminating {
+                    job_id: job_id.clone(),
+                    reason: reason.clone(),
+                });
+                stop_job(&ctx.batch, &ctx.batch_budget, job_id, self.status, &reason)
+                    .await
+                    .map_err(|e| TrackError::Aws {
                         job_id: job_id.clone(),
-                        reason: err.to_string(),
-                    }));
-                }
-            }
-            if !snapshot.status.is_terminal() {
-                // `once` on a live job: there is no outcome yet.
-                return Ok(snapshot.outcome_so_far());
-            }
-            if stopped_for_runnable {
-                return Err(TrackError::RunnableTimeout {
-                    job_id,
-                    waited: ctx.config.runnable_timeout.unwrap_or_default(),
+                        source: Arc::new(e),
+                    })?;
+                let _ = ctx.poller.send(poller::Command::PollSoon {
+                    job_id: job_id.clone(),
                 });
             }
-            let outcome = snapshot.outcome();
-            events(Event::Exited(outcome.clone()));
-            return Ok(outcome);
         }
+        Ok(())
     }
-    // The poller went away: the runtime is shutting down.
-    Err(TrackError::NotFound { job_id })
 }
 
 /// What can be said about why a job is not placed: its request against the queue's capacity.

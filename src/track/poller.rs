@@ -15,6 +15,9 @@ use super::TrackerConfig;
 use crate::error::{AwsError, AwsErrorKind, Service};
 use crate::event::JobStatus;
 
+/// How soon after the step's end to ask Batch: it needs a moment to notice the container exited.
+const POLL_AFTER_STEP_END: Duration = Duration::from_millis(200);
+
 /// DescribeJobs takes at most this many ids.
 pub const MAX_IDS_PER_CALL: usize = 100;
 
@@ -36,6 +39,8 @@ pub enum Command {
     },
     /// Poll this job at the next opportunity (e.g. right after stopping it).
     PollSoon { job_id: String },
+    /// The job's step has exited: poll it at the fastest rate until Batch reports the end.
+    Hurry { job_id: String },
 }
 
 struct Watch {
@@ -45,6 +50,8 @@ struct Watch {
     status_since: Instant,
     status: Option<JobStatus>,
     first_missing: Option<Instant>,
+    /// Its step has exited: Batch's terminal status is due any moment.
+    hurried: bool,
 }
 
 /// Runs until every handle to the poller is gone and no job is watched.
@@ -104,8 +111,11 @@ pub async fn run(
                             watch.status = Some(snapshot.status);
                             watch.status_since = now;
                         }
-                        let interval =
-                            poll_interval(&config, snapshot.status, now - watch.status_since);
+                        let interval = if watch.hurried {
+                            config.poll_min
+                        } else {
+                            poll_interval(&config, snapshot.status, now - watch.status_since)
+                        };
                         watch.next_due = now + jitter(&mut rng, interval);
                         let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));
                     }
@@ -168,12 +178,19 @@ fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
                     status_since: now,
                     status: None,
                     first_missing: None,
+                    hurried: false,
                 },
             );
         }
         Command::PollSoon { job_id } => {
             if let Some(watch) = watches.get_mut(&job_id) {
                 watch.next_due = Instant::now();
+            }
+        }
+        Command::Hurry { job_id } => {
+            if let Some(watch) = watches.get_mut(&job_id) {
+                watch.hurried = true;
+                watch.next_due = watch.next_due.min(Instant::now() + POLL_AFTER_STEP_END);
             }
         }
     }

@@ -4,7 +4,8 @@
 use aws_sdk_batch::types::JobDetail;
 
 use crate::bootstrap::explain_exit_code;
-use crate::event::{FailureKind, JobStatus, Outcome};
+use crate::end_record::{Origin, StepEnd, NONCE_ENV};
+use crate::event::{DecidedBy, FailureKind, JobStatus, Outcome};
 
 /// The default CloudWatch log group of Batch jobs.
 pub const DEFAULT_LOG_GROUP: &str = "/aws/batch/job";
@@ -23,6 +24,63 @@ pub struct JobSnapshot {
     pub container: AttemptSnapshot,
     pub vcpus: Option<String>,
     pub memory_mib: Option<String>,
+    /// The nonce of the job's end records, when mfbatch launched it.
+    pub end_nonce: Option<String>,
+    /// When the job stopped (epoch ms), once it has.
+    pub stopped_at_ms: Option<i64>,
+    /// The job's retry strategy, when it has one.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A job's `retryStrategy`: how many attempts, and which exits Batch retries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RetryPolicy {
+    pub attempts: usize,
+    pub rules: Vec<ExitRule>,
+}
+
+/// One `evaluateOnExit` rule. Patterns match exactly, or by prefix when they end with `*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitRule {
+    pub on_status_reason: Option<String>,
+    pub on_reason: Option<String>,
+    pub on_exit_code: Option<String>,
+    pub retry: bool,
+}
+
+/// What Batch says of an attempt whose container exited by itself.
+const CONTAINER_EXITED: &str = "Essential container in task exited";
+
+impl RetryPolicy {
+    /// Whether Batch may start another attempt after `attempt` ended with the step exiting
+    /// `exit_code` on its own (no host loss, no timeout). Batch retries when attempts remain and
+    /// the first matching rule says RETRY, or when no rule matches.
+    pub fn may_retry(&self, attempt: usize, exit_code: i32) -> bool {
+        if exit_code == 0 || attempt >= self.attempts {
+            return false;
+        }
+        let code = exit_code.to_string();
+        for rule in &self.rules {
+            let matches = [
+                (&rule.on_status_reason, CONTAINER_EXITED),
+                (&rule.on_reason, ""),
+                (&rule.on_exit_code, code.as_str()),
+            ]
+            .iter()
+            .all(|(pattern, value)| pattern.as_deref().is_none_or(|p| glob(p, value)));
+            if matches {
+                return rule.retry;
+            }
+        }
+        true
+    }
+}
+
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
 }
 
 /// One attempt's container, and why it stopped.
@@ -82,7 +140,75 @@ impl JobSnapshot {
             },
             vcpus: requirement("VCPU"),
             memory_mib: requirement("MEMORY"),
+            end_nonce: container
+                .map(|c| c.environment())
+                .unwrap_or_default()
+                .iter()
+                .find(|kv| kv.name() == Some(NONCE_ENV))
+                .and_then(|kv| kv.value())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            stopped_at_ms: detail.stopped_at(),
+            retry: detail.retry_strategy().map(|r| RetryPolicy {
+                attempts: r.attempts().unwrap_or(1).max(1) as usize,
+                rules: r
+                    .evaluate_on_exit()
+                    .iter()
+                    .map(|e| ExitRule {
+                        on_status_reason: e.on_status_reason().map(str::to_owned),
+                        on_reason: e.on_reason().map(str::to_owned),
+                        on_exit_code: e.on_exit_code().map(str::to_owned),
+                        retry: e.action().map(|a| a.as_str()) == Some("RETRY"),
+                    })
+                    .collect(),
+            }),
         })
+    }
+
+    /// The attempt that is running now (or ran last), 1-based.
+    pub fn current_attempt(&self) -> usize {
+        if self.status.is_terminal() || self.container.log_stream.is_none() {
+            self.attempts.len().max(1)
+        } else {
+            self.attempts.len() + 1
+        }
+    }
+
+    /// The outcome that the step's end records already decide, before Batch reports it: when
+    /// the records are the current attempt's and no retry can follow.
+    pub fn outcome_from_step_end(&self, end: StepEnd) -> Option<Outcome> {
+        // A stopped step's code says nothing of why (a timeout, a lost host): Batch decides.
+        if self.status.is_terminal()
+            || end.attempt < self.current_attempt()
+            || end.origin == Origin::Stopped
+        {
+            return None;
+        }
+        if self
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.may_retry(end.attempt, end.exit_code))
+        {
+            return None;
+        }
+        let status = if end.exit_code == 0 {
+            JobStatus::Succeeded
+        } else {
+            JobStatus::Failed
+        };
+        let mut outcome = JobSnapshot {
+            status,
+            attempts: Vec::new(),
+            container: AttemptSnapshot {
+                exit_code: Some(end.exit_code),
+                ..Default::default()
+            },
+            ..self.clone()
+        }
+        .outcome(Some(end));
+        outcome.attempts = end.attempt;
+        outcome.decided_by = DecidedBy::EndRecord;
+        Some(outcome)
     }
 
     /// Log streams by attempt (1-based), oldest first; the current attempt's stream may only be
@@ -117,11 +243,15 @@ impl JobSnapshot {
             summary: None,
             reason: self.status_reason.clone(),
             attempts: self.attempts.len(),
+            decided_by: DecidedBy::BatchStatus,
+            step_end: None,
         }
     }
 
-    /// The outcome of a finished job, explained.
-    pub fn outcome(&self) -> Outcome {
+    /// The outcome of a finished job, explained; `step_end` is what the last attempt's end
+    /// records said, when they were read (it tells the bootstrap's exit codes from the step's).
+    pub fn outcome(&self, step_end: Option<StepEnd>) -> Outcome {
+        let step_end = step_end.filter(|e| e.attempt >= self.attempts.len());
         let last = self.attempts.last().cloned().unwrap_or_default();
         let exit_code = last.exit_code.or(self.container.exit_code);
         let container_reason = last
@@ -152,6 +282,8 @@ impl JobSnapshot {
             summary: None,
             reason: reason.clone(),
             attempts: self.attempts.len(),
+            decided_by: DecidedBy::BatchStatus,
+            step_end,
         };
         if self.status == JobStatus::Succeeded {
             return outcome;
@@ -184,7 +316,10 @@ impl JobSnapshot {
                 FailureKind::Timeout,
                 "the attempt ran longer than its timeout (--timeout)".to_owned(),
             )
-        } else if let Some(text) = exit_code.and_then(explain_exit_code) {
+        } else if let Some(text) = exit_code
+            .filter(|_| step_end.is_some_and(|e| e.origin == Origin::Bootstrap))
+            .and_then(explain_exit_code)
+        {
             (
                 FailureKind::Bootstrap,
                 format!("{text} (exit code {})", exit_code.unwrap_or_default()),
@@ -195,10 +330,15 @@ impl JobSnapshot {
                 143 => " (terminated: SIGTERM)",
                 _ => "",
             };
-            (
-                FailureKind::ExitCode,
-                format!("the step exited with code {code}{signal}"),
-            )
+            // Without the end records, a code may also be the bootstrap's (121–123, 127).
+            let summary = match step_end.map(|e| e.origin) {
+                Some(Origin::Stopped) => {
+                    format!("the step was stopped and exited with code {code}{signal}")
+                }
+                Some(_) => format!("the step exited with code {code}{signal}"),
+                None => format!("the container exited with code {code}{signal}"),
+            };
+            (FailureKind::ExitCode, summary)
         } else if self.status_reason.as_deref().is_some_and(is_user_stop) {
             (
                 FailureKind::TerminatedByUser,

@@ -65,6 +65,55 @@ impl FlakyProxy {
         }
     }
 
+    /// Proxies to `upstream`, dropping the first `times` connections whose first request
+    /// contains `needle` (e.g. `/v1/submitjob`) right after that request went through, before
+    /// any response byte came back; every other connection is relayed untouched. Clients should
+    /// not pool connections, so that each request opens its own.
+    pub async fn drop_matching(upstream: &str, needle: &'static str, times: usize) -> Self {
+        let upstream: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an http://IP:PORT upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let counter = dropped.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let mut first = vec![0u8; 64 * 1024];
+                    let Ok(n) = client.read(&mut first).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
+                    let doomed = head.contains(needle)
+                        && counter
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                                (d < times).then_some(d + 1)
+                            })
+                            .is_ok();
+                    if server.write_all(&first[..n]).await.is_err() {
+                        return;
+                    }
+                    if doomed {
+                        drop_after_request(client, server).await;
+                    } else {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        FlakyProxy {
+            addr,
+            dropped,
+            task,
+        }
+    }
+
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)
     }

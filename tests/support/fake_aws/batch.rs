@@ -88,6 +88,9 @@ enum PendingRelease {
 pub struct Timeline {
     phases: Vec<Phase>,
     hidden_for: usize,
+    /// Whether a job launched with an end-record nonce gets both end records appended to its
+    /// stream when an attempt ends with an exit code (as the bootstrap writes them).
+    auto_end_records: bool,
 }
 
 impl Default for Timeline {
@@ -103,6 +106,7 @@ impl Timeline {
         Timeline {
             phases: Vec::new(),
             hidden_for: 0,
+            auto_end_records: true,
         }
     }
 
@@ -206,6 +210,14 @@ impl Timeline {
         } else {
             self.failed(AttemptEnd::exit(code))
         }
+    }
+
+    /// No end records are written for this job (an image that bypasses the bootstrap, an OOM
+    /// kill): the follower falls back to draining. Lines `@end:PIPE:CODE[:ORIGIN]` in `logs` still
+    /// place records by hand.
+    pub fn without_end_records(mut self) -> Self {
+        self.auto_end_records = false;
+        self
     }
 
     /// The job is missing from the first `describes` DescribeJobs answers that should include it
@@ -326,6 +338,9 @@ pub(super) struct Job {
     status: JobStatus,
     status_reason: Option<String>,
     attempts: Vec<Attempt>,
+    /// `MFBATCH_END_NONCE` from the submit, when mfbatch launched it.
+    end_nonce: Option<String>,
+    auto_end_records: bool,
 }
 
 /// What a test can see of a job.
@@ -449,6 +464,9 @@ impl Job {
         if let Some(timeout) = self.submit.get("timeout") {
             obj.insert("timeout".into(), timeout.clone());
         }
+        if let Some(retry) = self.submit.get("retryStrategy") {
+            obj.insert("retryStrategy".into(), retry.clone());
+        }
         detail
     }
 
@@ -483,6 +501,23 @@ impl Job {
         }
         summary
     }
+}
+
+/// A scripted line `@end:PIPE:CODE[:ORIGIN]` becomes that attempt's end record for the job's
+/// nonce; `@end-foreign:…` the same with another nonce (a step printing a look-alike line).
+fn expand_end_marker(line: &str, nonce: Option<&str>, attempt: usize) -> String {
+    let (rest, nonce) = if let Some(rest) = line.strip_prefix("@end:") {
+        (rest, nonce.unwrap_or("no-nonce"))
+    } else if let Some(rest) = line.strip_prefix("@end-foreign:") {
+        (rest, "0123456789abcdef0123456789abcdef")
+    } else {
+        return line.to_owned();
+    };
+    let mut parts = rest.split(':');
+    let pipe = parts.next().unwrap_or("stdout");
+    let code = parts.next().unwrap_or("0");
+    let origin = parts.next().unwrap_or("step");
+    format!("mfbatch-end:v1:{nonce}:{attempt}:{code}:{origin}:{pipe}")
 }
 
 fn container_of_attempt(a: &Attempt) -> Value {
@@ -788,6 +823,14 @@ impl State {
             status: JobStatus::Submitted,
             status_reason: None,
             attempts: Vec::new(),
+            end_nonce: body["containerOverrides"]["environment"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|kv| kv["name"] == "MFBATCH_END_NONCE")
+                .and_then(|kv| kv["value"].as_str())
+                .map(str::to_owned),
+            auto_end_records: timeline.auto_end_records,
         };
         self.jobs.insert(id.clone(), job);
         self.job_order.push(id.clone());
@@ -836,8 +879,10 @@ impl State {
                 });
             }
             job.stopped_at = Some(now);
+            let closed = job.attempts.len();
             self.jobs.insert(id.to_owned(), job);
             self.release_job_logs(id);
+            self.write_end_records(id, closed, None);
             return;
         }
         if let Some(attempt) = job.open_attempt() {
@@ -846,6 +891,10 @@ impl State {
                 .and_then(|p| p.end)
                 .unwrap_or_else(|| AttemptEnd::exit(0));
             attempt.stopped_at = Some(now);
+            let closed = job.attempts.len();
+            self.jobs.insert(id.to_owned(), job);
+            self.write_end_records(id, closed, None);
+            job = self.jobs.remove(id).expect("the job exists");
         }
         if phase.status == JobStatus::Running {
             let task_id = self.hex_id(32);
@@ -858,10 +907,13 @@ impl State {
                 stopped_at: None,
                 end: AttemptEnd::default(),
             });
+            let attempt_no = job.attempts.len();
+            let nonce = job.end_nonce.clone();
+            let expand = |l: &String| expand_end_marker(l, nonce.as_deref(), attempt_no);
             let events: Vec<(i64, String)> = phase
                 .logs
                 .iter()
-                .map(|l| (self.next_log_ms(), l.clone()))
+                .map(|l| (self.next_log_ms(), expand(l)))
                 .collect();
             let log_stream = self.stream_mut(BATCH_LOG_GROUP, &stream);
             log_stream.events.extend(events);
@@ -872,11 +924,58 @@ impl State {
                         PendingRelease::JobDone => Release::JobDone(id.to_owned()),
                         PendingRelease::AfterReads(n) => Release::AfterReads(*n),
                     },
-                    lines: lines.clone(),
+                    lines: lines.iter().map(expand).collect(),
                 });
             }
         }
         self.jobs.insert(id.to_owned(), job);
+    }
+
+    /// Appends both end records of attempt `attempt` (1-based) to its stream, as the bootstrap
+    /// writes them when the step exits, unless the timeline placed records by hand or has none.
+    /// `origin` `None`: `stopped` when the attempt ended for a reason of Batch's (a lost host, a
+    /// timeout), as the bootstrap then forwarded a SIGTERM; else `step`.
+    fn write_end_records(&mut self, id: &str, attempt: usize, origin: Option<&str>) {
+        let job = &self.jobs[id];
+        let Some(nonce) = job.end_nonce.clone().filter(|_| job.auto_end_records) else {
+            return;
+        };
+        let Some(a) = attempt.checked_sub(1).and_then(|i| job.attempts.get(i)) else {
+            return;
+        };
+        let (Some(stream), Some(code)) = (a.stream.clone(), a.end.exit_code) else {
+            return;
+        };
+        let origin = origin.unwrap_or(match a.end.status_reason.as_deref() {
+            None | Some("Essential container in task exited") => "step",
+            Some(_) => "stopped",
+        });
+        let placed_by_hand = self
+            .log_groups
+            .get(BATCH_LOG_GROUP)
+            .and_then(|g| g.get(&stream))
+            .is_some_and(|s| {
+                let ours = format!("mfbatch-end:v1:{nonce}:");
+                s.events.iter().any(|(_, m)| m.starts_with(&ours))
+                    || s.pending
+                        .iter()
+                        .any(|p| p.lines.iter().any(|m| m.starts_with(&ours)))
+            });
+        if placed_by_hand {
+            return;
+        }
+        let lines: Vec<(i64, String)> = ["stdout", "stderr"]
+            .iter()
+            .map(|pipe| {
+                (
+                    self.next_log_ms(),
+                    format!("mfbatch-end:v1:{nonce}:{attempt}:{code}:{origin}:{pipe}"),
+                )
+            })
+            .collect();
+        self.stream_mut(BATCH_LOG_GROUP, &stream)
+            .events
+            .extend(lines);
     }
 
     /// Makes the lines held until this job ended visible.
@@ -956,8 +1055,13 @@ impl State {
         job.stopped_at = Some(now);
         // Frozen: no scripted phase applies any more.
         job.phase = job.phases.len().saturating_sub(1);
+        let closed = job.attempts.len();
         let id = id.to_owned();
         self.release_job_logs(&id);
+        // The bootstrap forwards SIGTERM to the step and writes its records as it exits.
+        if terminate_exit_code.is_some() && !cancel {
+            self.write_end_records(&id, closed, Some("stopped"));
+        }
         ok(json!({}))
     }
 

@@ -7,7 +7,8 @@
 //! - Jobs follow a [`Timeline`], advancing one step per DescribeJobs call that includes them
 //!   ([`FakeAws::script_next_job`], [`FakeAws::set_default_timeline`]).
 //! - Faults: scripted per operation ([`FakeAws::fail_next`], [`FakeAws::fail_always`]) or random
-//!   from a seeded RNG ([`FakeAws::set_random_faults`]). A faulted call changes nothing.
+//!   from a seeded RNG ([`FakeAws::set_random_faults`]). A faulted call changes nothing, except
+//!   [`Fault::ServerErrorAfterEffect`], which does the call and then answers 500.
 //! - Accounting: every request is recorded with its operation name and body
 //!   ([`FakeAws::calls`], [`FakeAws::requests`], [`FakeAws::mutating_calls`]).
 
@@ -53,6 +54,11 @@ pub enum Fault {
     ServerError,
     /// HTTP 403 (Logs: 400) `AccessDenied[Exception]`; not retried.
     AccessDenied,
+    /// Holds the request this long, then answers HTTP 500 (a call that hangs).
+    Hang(Duration),
+    /// Does the call, then answers HTTP 500 as if it had failed: the client cannot know that it
+    /// took effect (the worst case for calls that create something).
+    ServerErrorAfterEffect,
     /// Any status and error code, e.g. `(400, "ClientException", "...")`.
     Custom {
         status: u16,
@@ -210,8 +216,21 @@ impl State {
             body: body.clone(),
             faulted: fault.is_some(),
         });
-        if let Some(fault) = fault {
-            return fault_response(service, &op, &fault, req.method.as_str() == "HEAD");
+        let head = req.method.as_str() == "HEAD";
+        match fault {
+            None => {}
+            Some(Fault::Hang(delay)) => {
+                return fault_response(service, &op, &Fault::ServerError, head).set_delay(delay)
+            }
+            Some(Fault::ServerErrorAfterEffect) => {
+                let _ = match service {
+                    Service::Batch => self.batch(&op, &body),
+                    Service::Logs => self.logs(&op, &body),
+                    Service::S3 => self.s3(&op, req),
+                };
+                return fault_response(service, &op, &Fault::ServerError, head);
+            }
+            Some(fault) => return fault_response(service, &op, &fault, head),
         }
         match service {
             Service::Batch => self.batch(&op, &body),
@@ -247,7 +266,9 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
     match service {
         Service::Batch => match fault {
             Fault::Throttle => batch::error(429, "TooManyRequestsException", "Too Many Requests"),
-            Fault::ServerError => batch::error(500, "ServerException", "Internal Server Error"),
+            Fault::ServerError | Fault::Hang(_) | Fault::ServerErrorAfterEffect => {
+                batch::error(500, "ServerException", "Internal Server Error")
+            }
             Fault::AccessDenied => batch::error(403, "AccessDeniedException", &denied("batch")),
             Fault::Custom {
                 status,
@@ -257,7 +278,7 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
         },
         Service::Logs => match fault {
             Fault::Throttle => logs::error(400, "ThrottlingException", "Rate exceeded"),
-            Fault::ServerError => logs::error(
+            Fault::ServerError | Fault::Hang(_) | Fault::ServerErrorAfterEffect => logs::error(
                 500,
                 "ServiceUnavailableException",
                 "The service is unavailable",
@@ -271,7 +292,7 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
         },
         Service::S3 => match fault {
             Fault::Throttle => s3::error(503, "SlowDown", "Please reduce your request rate.", head),
-            Fault::ServerError => s3::error(
+            Fault::ServerError | Fault::Hang(_) | Fault::ServerErrorAfterEffect => s3::error(
                 500,
                 "InternalError",
                 "We encountered an internal error.",
@@ -566,8 +587,18 @@ impl FakeAws {
     /// [`FakeAws::sdk_config`] for a fake at `uri`, e.g. one serving from another process.
     pub fn sdk_config_for(uri: &str) -> SdkConfig {
         // The same idle-pool bound as mfbatch's own clients (`aws::Clients::from_environment`).
+        Self::sdk_config_with_pool(uri, 16)
+    }
+
+    /// [`FakeAws::sdk_config_for`] opening a new connection for every request (for proxies
+    /// that decide per connection).
+    pub fn sdk_config_unpooled(uri: &str) -> SdkConfig {
+        Self::sdk_config_with_pool(uri, 0)
+    }
+
+    fn sdk_config_with_pool(uri: &str, idle_per_host: usize) -> SdkConfig {
         let http = aws_smithy_http_client::Builder::new()
-            .pool_max_idle_per_host(16)
+            .pool_max_idle_per_host(idle_per_host)
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
         SdkConfig::builder()
@@ -605,8 +636,26 @@ impl FakeAws {
     }
 
     /// Submits one job per timeline through the SDK, as another client of the account would
-    /// (under a minimal job definition registered for them); returns the ids in order.
+    /// (under a minimal job definition registered for them), each with an end-record nonce as
+    /// mfbatch gives its jobs; returns the ids in order.
     pub async fn submit_jobs(&self, timelines: Vec<Timeline>) -> Vec<String> {
+        self.submit_jobs_with(timelines, None).await
+    }
+
+    /// [`FakeAws::submit_jobs`] with a retry strategy of `attempts` that retries any failure.
+    pub async fn submit_jobs_with_retries(
+        &self,
+        timelines: Vec<Timeline>,
+        attempts: i32,
+    ) -> Vec<String> {
+        self.submit_jobs_with(timelines, Some(attempts)).await
+    }
+
+    async fn submit_jobs_with(
+        &self,
+        timelines: Vec<Timeline>,
+        attempts: Option<i32>,
+    ) -> Vec<String> {
         let clients = self.clients();
         let definition = clients
             .batch
@@ -624,12 +673,27 @@ impl FakeAws {
         let mut ids = Vec::with_capacity(timelines.len());
         for timeline in timelines {
             self.script_next_job(timeline);
+            // As mfbatch does: a nonce for the end records the "bootstrap" writes.
+            let nonce = aws_sdk_batch::types::KeyValuePair::builder()
+                .name("MFBATCH_END_NONCE")
+                .value(format!("fakenonce{}", ids.len()))
+                .build();
             let out = clients
                 .batch
                 .submit_job()
                 .job_name(format!("job{}", ids.len()))
                 .job_queue(QUEUE)
                 .job_definition(definition.job_definition_arn().unwrap_or_default())
+                .container_overrides(
+                    aws_sdk_batch::types::ContainerOverrides::builder()
+                        .environment(nonce)
+                        .build(),
+                )
+                .set_retry_strategy(attempts.map(|n| {
+                    aws_sdk_batch::types::RetryStrategy::builder()
+                        .attempts(n)
+                        .build()
+                }))
                 .send()
                 .await
                 .expect("submit a job");
