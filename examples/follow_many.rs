@@ -181,6 +181,8 @@ fn scaled(speedup: u32) -> TrackerConfig {
         drain_quiet: d.drain_quiet / speedup,
         drain_max: d.drain_max / speedup,
         not_found_grace: d.not_found_grace / speedup,
+        status_failure_warning: d.status_failure_warning / speedup,
+        status_failure_limit: d.status_failure_limit / speedup,
         runnable_warning: d.runnable_warning / speedup,
         runnable_timeout: None,
     }

@@ -79,6 +79,12 @@ pub enum Warning {
         reason: Option<String>,
         detail: Option<String>,
     },
+    /// DescribeJobs has been failing for this job (still retrying).
+    StatusUnavailable {
+        job_id: String,
+        seconds: u64,
+        reason: String,
+    },
 }
 
 /// Why a job ended the way it did, in words a user can act on.

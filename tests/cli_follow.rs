@@ -471,3 +471,24 @@ async fn no_credentials_is_a_setup_error_with_a_hint() {
     );
     assert_eq!(fake.total_calls(), 0, "nothing reached AWS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_output_an_error_is_an_event_on_stdout() {
+    let fake = FakeAws::start().await;
+    let cli = cli(&fake);
+    let out = run(
+        &cli,
+        &["--output", "json", "run", "--cpu", "abc", "step.py"],
+    )
+    .await;
+    assert_eq!(out.code, Some(2), "{}", out.render());
+    let event: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is one JSON event ({e}):\n{}", out.render()));
+    assert_eq!(event["event"], "error");
+    assert!(
+        event["message"].as_str().unwrap().contains("--cpu"),
+        "{event}"
+    );
+    assert!(out.stderr.is_empty(), "{}", out.render());
+    assert_eq!(fake.total_calls(), 0);
+}

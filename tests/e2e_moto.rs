@@ -125,9 +125,17 @@ fn interrupt_stops_the_job(backend: Backend) {
     let pid: i32 = pid.parse().expect("a pid");
     assert!(!process_gone(pid), "the step (pid {pid}) should be running");
 
+    let interrupted = std::time::Instant::now();
     running.signal(libc::SIGINT);
     let out = running.wait(Duration::from_secs(20));
+    let took = interrupted.elapsed();
     out.assert(130, &[first.trim_end()]);
+    // The promise to the user: Ctrl-C returns within 5 s, whatever the job does.
+    assert!(
+        took <= Duration::from_secs(6),
+        "Ctrl-C took {took:?}\n{}",
+        out.describe()
+    );
     assert!(
         eventually(Duration::from_secs(5), || process_gone(pid)),
         "the step (pid {pid}) still runs 5 s after mfbatch exited\n{}",
@@ -135,6 +143,13 @@ fn interrupt_stops_the_job(backend: Backend) {
     );
 
     if backend == Backend::Batch {
+        // The step's end records showed it stopped (SIGTERM forwarded: 128 + 15).
+        assert!(
+            out.stderr
+                .contains(&format!("Stopped: {job_id} (step exited 143)")),
+            "{}",
+            out.describe()
+        );
         // Batch recorded the stop: through mfbatch, and straight from moto.
         let status = run(step.mfbatch(backend, &["status", job_id]));
         assert!(

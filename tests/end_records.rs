@@ -27,6 +27,8 @@ fn records_only_config() -> TrackerConfig {
         drain_quiet: Duration::from_secs(600),
         drain_max: Duration::from_secs(600),
         not_found_grace: Duration::from_secs(5),
+        status_failure_warning: Duration::from_secs(1),
+        status_failure_limit: Duration::from_secs(3),
         runnable_warning: Duration::from_secs(3600),
         runnable_timeout: None,
     }

@@ -23,6 +23,8 @@ fn fast_config() -> TrackerConfig {
         drain_quiet: Duration::from_millis(150),
         drain_max: Duration::from_secs(10),
         not_found_grace: Duration::from_secs(5),
+        status_failure_warning: Duration::from_secs(1),
+        status_failure_limit: Duration::from_secs(3),
         runnable_warning: Duration::from_secs(3600),
         runnable_timeout: None,
     }
@@ -225,8 +227,9 @@ async fn failures_are_explained() {
         (None, FailureKind::ImagePull, "could not be pulled"),
     ];
     for (id, (code, kind, summary)) in ids.iter().zip(expected) {
-        let (_, statuses, outcome, _) = follow_one(&fake, id).await;
-        assert_eq!(statuses.last(), Some(&JobStatus::Failed));
+        // Decided by Batch's status or by the end records, whichever came first.
+        let (_, _, outcome, _) = follow_one(&fake, id).await;
+        assert_eq!(outcome.status, JobStatus::Failed);
         assert_eq!(outcome.exit_code, code, "{outcome:?}");
         assert_eq!(outcome.failure, Some(kind.clone()), "{outcome:?}");
         assert!(
@@ -459,4 +462,109 @@ async fn the_drain_limit_never_cuts_off_a_backlog_being_read() {
     let lines = log_lines(&mut handle).await;
     assert_eq!(lines.len(), expected.len(), "the backlog was cut off");
     assert!(lines == expected);
+}
+
+#[tokio::test]
+async fn sustained_describe_failures_are_reported_then_end_the_follow() {
+    let fake = FakeAws::start().await;
+    let ids = fake.submit_jobs(vec![Timeline::default()]).await;
+    fake.fail_always("DescribeJobs", support::Fault::ServerError);
+    let tracker = Tracker::new(&clients_without_retries(&fake), fast_config());
+    let mut handle = tracker.follow(FollowRequest::new(&ids[0]));
+    let events = all_events(&mut handle).await;
+    let warned = events.iter().any(|e| {
+        matches!(e, Event::Warning(mfbatch::event::Warning::StatusUnavailable { job_id, .. }) if *job_id == ids[0])
+    });
+    assert!(warned, "a warning while still trying: {events:?}");
+    let err = handle.wait().await.expect_err("following gives up");
+    assert!(
+        matches!(err, mfbatch::track::TrackError::StatusUnavailable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("DescribeJobs has failed"), "{err}");
+}
+
+#[tokio::test]
+async fn an_id_the_user_typed_is_reported_unknown_within_its_short_grace() {
+    let fake = FakeAws::start().await;
+    let config = TrackerConfig {
+        not_found_grace: Duration::from_secs(600),
+        ..fast_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let handle = tracker.follow(FollowRequest {
+        not_found_grace: Some(Duration::from_millis(100)),
+        ..FollowRequest::new("no-such-job")
+    });
+    let result = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+        .await
+        .expect("reported long before the 600 s grace of just-submitted ids");
+    assert!(matches!(
+        result,
+        Err(mfbatch::track::TrackError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn logs_that_cannot_be_read_are_reported_while_the_job_runs() {
+    let fake = FakeAws::start().await;
+    let timeline = Timeline::new().running(1_000_000).logs(&["x"]).succeeded();
+    let ids = fake.submit_jobs(vec![timeline]).await;
+    fake.fail_always("GetLogEvents", support::Fault::AccessDenied);
+    let tracker = Tracker::new(&fake.clients(), fast_config());
+    let mut handle = tracker.follow(FollowRequest::new(&ids[0]));
+    let warning = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = handle.next_event().await {
+            if let Event::Warning(mfbatch::event::Warning::LogsUnavailable { reason, .. }) = event {
+                return reason;
+            }
+        }
+        panic!("no warning before the events ended");
+    })
+    .await
+    .expect("warned while the job still runs");
+    assert!(warning.contains("AccessDenied"), "{warning}");
+    assert_ne!(fake.job(&ids[0]).unwrap().status, JobStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_job_that_ended_long_ago_is_not_drained_again() {
+    let fake = FakeAws::start().await;
+    let timeline = Timeline::new()
+        .running(1)
+        .logs(&["old news"])
+        .succeeded()
+        .without_end_records();
+    let ids = fake.submit_jobs(vec![timeline]).await;
+    // Let it end, then move its history an hour back.
+    let clients = fake.clients();
+    for _ in 0..3 {
+        clients
+            .batch
+            .describe_jobs()
+            .jobs(&ids[0])
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(fake.job(&ids[0]).unwrap().status, JobStatus::Succeeded);
+    fake.age_job(&ids[0], 3_600_000);
+    let config = TrackerConfig {
+        drain_quiet: Duration::from_secs(600),
+        drain_max: Duration::from_secs(600),
+        ..fast_config()
+    };
+    let tracker = Tracker::new(&clients, config);
+    let mut handle = tracker.follow(FollowRequest::new(&ids[0]));
+    let events = tokio::time::timeout(Duration::from_secs(20), all_events(&mut handle))
+        .await
+        .expect("no 600 s drain for a job that stopped an hour ago");
+    let lines: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, ["old news"]);
 }

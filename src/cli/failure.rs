@@ -7,7 +7,7 @@ use mfbatch::launch::LaunchError;
 
 use super::exit;
 use super::report::print_error;
-use super::style::Style;
+use super::Global;
 
 #[derive(Debug)]
 pub struct Failure {
@@ -39,8 +39,8 @@ impl Failure {
     }
 
     /// Renders the error once and returns the exit code.
-    pub fn report(self, style: &Style) -> u8 {
-        print_error(style, self.error.as_ref(), self.hint);
+    pub fn report(self, global: &Global) -> u8 {
+        print_error(global, self.error.as_ref(), self.hint);
         self.code
     }
 }

@@ -17,7 +17,6 @@ use super::failure::Failure;
 use super::render::{RenderOptions, Renderer};
 use super::report::print_error;
 use super::signals::Signals;
-use super::style::Style;
 
 /// How interrupts are handled while following.
 pub struct Interrupts<'a> {
@@ -46,7 +45,7 @@ pub async fn follow(
     requests: Vec<FollowRequest>,
     renderer: Renderer,
     interrupts: Interrupts<'_>,
-    style: Style,
+    global: super::Global,
 ) -> Result<u8, Failure> {
     let Interrupts {
         on_interrupt,
@@ -108,7 +107,7 @@ pub async fn follow(
                 }
             } => {
                 if let Ok((_, Err(e))) = done {
-                    print_error(&style, &e, e.hint());
+                    print_error(&global, &e, e.hint());
                 }
             }
         }

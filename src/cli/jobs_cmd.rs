@@ -17,6 +17,10 @@ use super::run::parse_duration;
 use super::signals::Signals;
 use super::Global;
 
+/// How long an id the user typed may be unknown to DescribeJobs before it is reported: it was
+/// not just submitted, so only a moment of eventual consistency is due.
+const TYPED_ID_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn clients() -> Result<Clients, Failure> {
     Ok(Clients::from_environment(&ClientOptions::default()).await?)
 }
@@ -41,6 +45,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
             attempt: args.attempt,
             logs_since_ms: since,
             once: args.no_follow,
+            not_found_grace: Some(TYPED_ID_GRACE),
             ..FollowRequest::new(id.clone())
         })
         .collect();
@@ -54,7 +59,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
             signals: &mut signals,
             already_interrupted: false,
         },
-        global.style,
+        global,
     )
     .await
 }

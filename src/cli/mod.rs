@@ -41,7 +41,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            report::print_error(&global.style, &e, None);
+            report::print_error(&global, &e, None);
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
     });
     let code = match result {
         Ok(code) => code,
-        Err(failure) => failure.report(&global.style),
+        Err(failure) => failure.report(&global),
     };
     // Do not wait for background work (idle HTTP connections, abandoned tasks) at exit.
     runtime.shutdown_background();

@@ -211,6 +211,14 @@ impl Writer {
                     Warning::LogsUnavailable { job_id, reason } => {
                         format!("cannot read the logs of job {job_id}: {reason}")
                     }
+                    Warning::StatusUnavailable {
+                        job_id,
+                        seconds,
+                        reason,
+                    } => format!(
+                        "cannot read the status of job {job_id} for {}: {reason} (still trying)",
+                        human_duration(Duration::from_secs(*seconds))
+                    ),
                     Warning::LargePackage { bytes } => format!(
                         "the package is {}; every job start downloads it (use --root or --package-suffixes to trim it)",
                         human_bytes(*bytes)

@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             signals: &mut signals,
             already_interrupted: interrupted,
         },
-        global.style,
+        global,
     )
     .await
 }

@@ -55,11 +55,24 @@ pub async fn run(
 
     loop {
         tokio::select! {
+            // Batch's own word first, when both are there.
+            biased;
             update = updates.recv(), if !ended => {
                 let snapshot = match update {
                     Some(Update::Snapshot(s)) => *s,
                     Some(Update::NotFound) => return Err(TrackError::NotFound { job_id }),
                     Some(Update::Failed(source)) => return Err(TrackError::Aws { job_id, source }),
+                    Some(Update::GaveUp(source, waited)) => {
+                        return Err(TrackError::StatusUnavailable { job_id, waited, source })
+                    }
+                    Some(Update::Failing(source, waited)) => {
+                        events(Event::Warning(Warning::StatusUnavailable {
+                            job_id: job_id.clone(),
+                            seconds: waited.as_secs(),
+                            reason: describe_error(&source),
+                        }));
+                        continue;
+                    }
                     // The poller went away: the runtime is shutting down.
                     None => return Err(TrackError::NotFound { job_id }),
                 };
@@ -99,10 +112,7 @@ pub async fn run(
                     // but the user should hear of it now, not when the job ends.
                     Ok(FollowEnd::Failed(err)) => events(Event::Warning(Warning::LogsUnavailable {
                         job_id: job_id.clone(),
-                        reason: match &err.message {
-                            Some(message) => format!("{err} ({message})"),
-                            None => err.to_string(),
-                        },
+                        reason: describe_error(&err),
                     })),
                     Ok(FollowEnd::Drained) | Err(_) => {}
                 }
@@ -124,6 +134,14 @@ pub async fn run(
         });
     }
     Ok(job.finish(snapshot.outcome(step_end)))
+}
+
+/// An AWS error in one line, with the service's own message.
+fn describe_error(err: &crate::error::AwsError) -> String {
+    match &err.message {
+        Some(message) => format!("{err} ({message})"),
+        None => err.to_string(),
+    }
 }
 
 /// When the job ended, as an instant of this process: from its `stoppedAt`, so that following a

@@ -50,6 +50,10 @@ pub struct TrackerConfig {
     pub drain_max: Duration,
     /// How long a just-submitted id may be unknown to DescribeJobs.
     pub not_found_grace: Duration,
+    /// DescribeJobs failing this long for a job is reported as a warning…
+    pub status_failure_warning: Duration,
+    /// …and this long as an error that ends following it.
+    pub status_failure_limit: Duration,
     /// Warn when a job waits in RUNNABLE this long.
     pub runnable_warning: Duration,
     /// Stop and fail a job that waits in RUNNABLE this long.
@@ -68,6 +72,8 @@ impl Default for TrackerConfig {
             drain_quiet: Duration::from_millis(crate::settings::DEFAULT_DRAIN_QUIET_MS),
             drain_max: Duration::from_secs(60),
             not_found_grace: Duration::from_secs(30),
+            status_failure_warning: Duration::from_secs(30),
+            status_failure_limit: Duration::from_secs(300),
             runnable_warning: Duration::from_secs(300),
             runnable_timeout: None,
         }
@@ -80,6 +86,13 @@ impl Default for TrackerConfig {
 pub enum TrackError {
     #[error("job {job_id} is not known to AWS Batch (finished jobs are only kept for a few days)")]
     NotFound { job_id: String },
+    #[error("cannot follow job {job_id}: DescribeJobs has failed for {} s", waited.as_secs())]
+    StatusUnavailable {
+        job_id: String,
+        waited: Duration,
+        #[source]
+        source: Arc<AwsError>,
+    },
     #[error("cannot follow job {job_id}")]
     Aws {
         job_id: String,
@@ -95,6 +108,7 @@ impl TrackError {
         match self {
             TrackError::NotFound { .. } => Some("check the job id and the region (AWS_REGION)".into()),
             TrackError::Aws { source, .. } => source.hint(),
+            TrackError::StatusUnavailable { source, .. } => source.hint(),
             TrackError::RunnableTimeout { .. } => Some(
                 "no compute environment of the queue can place the job: compare --cpu/--memory with its instance types and maxvCpus"
                     .into(),
@@ -115,6 +129,9 @@ pub struct FollowRequest {
     pub once: bool,
     /// Follow status only; no log calls at all.
     pub without_logs: bool,
+    /// How long DescribeJobs may not know the id ([`TrackerConfig::not_found_grace`] when
+    /// unset). Ids a user typed need no more than a moment: they are not just submitted.
+    pub not_found_grace: Option<Duration>,
 }
 
 impl FollowRequest {
@@ -125,6 +142,7 @@ impl FollowRequest {
             logs_since_ms: None,
             once: false,
             without_logs: false,
+            not_found_grace: None,
         }
     }
 }
@@ -186,6 +204,9 @@ impl Tracker {
         let _ = self.inner.poller.send(poller::Command::Watch {
             job_id: job_id.clone(),
             updates: updates_tx,
+            not_found_grace: request
+                .not_found_grace
+                .unwrap_or(self.inner.config.not_found_grace),
         });
         let context = job::Context {
             batch: self.inner.batch.clone(),

@@ -29,6 +29,10 @@ pub enum Update {
     NotFound,
     /// DescribeJobs keeps failing for a reason retrying will not fix (e.g. access denied).
     Failed(Arc<AwsError>),
+    /// DescribeJobs has been failing this long; still trying.
+    Failing(Arc<AwsError>, Duration),
+    /// DescribeJobs failed for longer than the limit: following the job ends.
+    GaveUp(Arc<AwsError>, Duration),
 }
 
 /// Requests to the poller.
@@ -36,6 +40,7 @@ pub enum Command {
     Watch {
         job_id: String,
         updates: mpsc::UnboundedSender<Update>,
+        not_found_grace: Duration,
     },
     /// Poll this job at the next opportunity (e.g. right after stopping it).
     PollSoon { job_id: String },
@@ -50,8 +55,12 @@ struct Watch {
     status_since: Instant,
     status: Option<JobStatus>,
     first_missing: Option<Instant>,
+    not_found_grace: Duration,
     /// Its step has exited: Batch's terminal status is due any moment.
     hurried: bool,
+    /// DescribeJobs calls for it have failed since then (and whether that was reported).
+    failing_since: Option<Instant>,
+    failure_reported: bool,
 }
 
 /// Runs until every handle to the poller is gone and no job is watched.
@@ -107,6 +116,8 @@ pub async fn run(
                         };
                         seen.insert(snapshot.job_id.clone());
                         watch.first_missing = None;
+                        watch.failing_since = None;
+                        watch.failure_reported = false;
                         if watch.status != Some(snapshot.status) {
                             watch.status = Some(snapshot.status);
                             watch.status_since = now;
@@ -124,8 +135,9 @@ pub async fn run(
                             continue;
                         };
                         // Just submitted ids can be missing for a moment (eventual consistency).
+                        watch.failing_since = None;
                         let since = *watch.first_missing.get_or_insert(now);
-                        if now - since > config.not_found_grace {
+                        if now - since > watch.not_found_grace {
                             let _ = watch.updates.send(Update::NotFound);
                             watches.remove(id);
                         } else {
@@ -143,22 +155,33 @@ pub async fn run(
                         AwsErrorKind::AccessDenied | AwsErrorKind::Credentials
                     );
                     let err = Arc::new(err);
+                    let mut gave_up = Vec::new();
                     for id in &batch {
                         let Some(watch) = watches.get_mut(id) else {
                             continue;
                         };
                         if fatal {
                             let _ = watch.updates.send(Update::Failed(err.clone()));
-                        } else {
-                            // Try again later; the job's state is not lost by waiting.
-                            watch.next_due =
-                                now + jitter(&mut rng, config.poll_max.min(Duration::from_secs(5)));
+                            gave_up.push(id.clone());
+                            continue;
                         }
+                        // Try again later; the job's state is not lost by waiting. But a user
+                        // must hear of a failure that lasts, and not wait for it forever.
+                        let failing = now - *watch.failing_since.get_or_insert(now);
+                        if failing >= config.status_failure_limit {
+                            let _ = watch.updates.send(Update::GaveUp(err.clone(), failing));
+                            gave_up.push(id.clone());
+                            continue;
+                        }
+                        if failing >= config.status_failure_warning && !watch.failure_reported {
+                            watch.failure_reported = true;
+                            let _ = watch.updates.send(Update::Failing(err.clone(), failing));
+                        }
+                        watch.next_due =
+                            now + jitter(&mut rng, config.poll_max.min(Duration::from_secs(5)));
                     }
-                    if fatal {
-                        for id in &batch {
-                            watches.remove(id);
-                        }
+                    for id in gave_up {
+                        watches.remove(&id);
                     }
                 }
             }
@@ -168,7 +191,11 @@ pub async fn run(
 
 fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
     match command {
-        Command::Watch { job_id, updates } => {
+        Command::Watch {
+            job_id,
+            updates,
+            not_found_grace,
+        } => {
             let now = Instant::now();
             watches.insert(
                 job_id,
@@ -178,7 +205,10 @@ fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
                     status_since: now,
                     status: None,
                     first_missing: None,
+                    not_found_grace,
                     hurried: false,
+                    failing_since: None,
+                    failure_reported: false,
                 },
             );
         }

@@ -2,11 +2,12 @@
 """moto server for mfbatch e2e tests, with AWS Batch jobs run as local processes.
 
 Run with the venv from setup-venv.sh:
-    python serve.py [--port 0] [--no-stdin] [--state-seconds S] [-v]
+    python serve.py [--port 0] [--no-stdin] [--state-seconds S] [--count-calls] [-v]
 
 Prints ONE JSON line on stdout (endpoint, region, bucket, queue, role_arn, keys),
 then serves until stdin hits EOF (unless --no-stdin) or SIGTERM/SIGINT arrives.
-All diagnostics go to stderr.
+All diagnostics go to stderr. With --count-calls, `GET /mfbatch/calls` answers the
+AWS calls received so far by API (e.g. {"batch:DescribeJobs": 3}), for benchmarks.
 
 moto's Batch backend ("docker" mode, the default) runs each job in a thread that
 asks a docker client to run the container, polls it, then copies its logs into
@@ -241,6 +242,38 @@ def patch_moto(state_seconds):
     Job._stop_attempt = stop_attempt
 
 
+class CallCounter:
+    """WSGI middleware: counts each AWS call by service and operation; serves the counts."""
+
+    S3_OPS = {"HEAD": "HeadObject", "GET": "GetObject", "PUT": "PutObject",
+              "POST": "MultipartUpload", "DELETE": "DeleteObject"}
+
+    def __init__(self, app):
+        self.app, self.calls, self.lock = app, {}, threading.Lock()
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/mfbatch/calls":
+            with self.lock:
+                body = json.dumps(self.calls).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:  # JSON 1.1 (CloudWatch Logs): Logs_20140328.GetLogEvents
+            op = "logs:" + target.rsplit(".", 1)[-1]
+        elif path.startswith("/v1/"):  # Batch REST-JSON: /v1/describejobs
+            op = "batch:" + path[4:]
+        elif path.startswith("/moto-api"):
+            op = None
+        else:
+            op = "s3:" + self.S3_OPS.get(environ.get("REQUEST_METHOD", ""), "Other")
+        if op:
+            with self.lock:
+                self.calls[op] = self.calls.get(op, 0) + 1
+        return self.app(environ, start_response)
+
+
 def provision(endpoint):
     """Create the bucket, role, compute environment and queue the tests use."""
     session = boto3.session.Session(aws_access_key_id="testing",
@@ -282,6 +315,8 @@ def main():
     ap.add_argument("--no-stdin", action="store_true", help="ignore stdin; stop on signals only")
     ap.add_argument("--state-seconds", type=float, default=0.0,
                     help="time each job spends in each of SUBMITTED..STARTING (default: ~0)")
+    ap.add_argument("--count-calls", action="store_true",
+                    help="count AWS calls by API; GET /mfbatch/calls reads them")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
     args = ap.parse_args()
 
@@ -294,6 +329,8 @@ def main():
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
+    if args.count_calls:  # werkzeug reads server.app per request; provisioning is not counted
+        counter = CallCounter(server._server.app)
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     # moto hands jobs MOTO_HOST/MOTO_PORT for reaching it; by default it guesses
@@ -301,6 +338,8 @@ def main():
     moto_settings.moto_server_host = lambda: f"http://{host}"
     moto_settings.moto_server_port = lambda: str(port)
     role_arn, ce_arn = provision(endpoint)
+    if args.count_calls:
+        server._server.app = counter
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -380,6 +380,22 @@ impl Job {
         }
     }
 
+    pub(super) fn age(&mut self, ms: i64) {
+        self.created_at -= ms;
+        for t in [&mut self.started_at, &mut self.stopped_at]
+            .into_iter()
+            .flatten()
+        {
+            *t -= ms;
+        }
+        for a in &mut self.attempts {
+            a.started_at -= ms;
+            if let Some(t) = &mut a.stopped_at {
+                *t -= ms;
+            }
+        }
+    }
+
     fn open_attempt(&mut self) -> Option<&mut Attempt> {
         self.attempts.last_mut().filter(|a| a.stopped_at.is_none())
     }

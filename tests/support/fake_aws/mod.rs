@@ -562,6 +562,11 @@ impl FakeAws {
             .collect()
     }
 
+    /// Moves a job's whole history `ms` into the past (a job that ended long ago).
+    pub fn age_job(&self, id: &str, ms: i64) {
+        self.state().jobs.get_mut(id).expect("a job").age(ms);
+    }
+
     pub fn job(&self, id: &str) -> Option<JobView> {
         self.state().jobs.get(id).map(|j| j.view())
     }
