@@ -105,6 +105,19 @@ pub enum PackageError {
     },
     #[error("the script {script} is not part of the package (hidden, in __pycache__, or its suffix is not one of {suffixes})")]
     ScriptExcluded { script: PathBuf, suffixes: String },
+    /// A file changed between the walk and the archive: packaging it would corrupt the package.
+    #[error("{path} changed while it was packaged: {reason}")]
+    Changed { path: PathBuf, reason: String },
+    /// Two files would have the same path in the archive, and one would silently be lost.
+    #[error("{} and {} would both be {path:?} in the package", first.display(), second.display())]
+    DuplicatePath {
+        path: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    /// The caller stopped packaging (an interrupt).
+    #[error("packaging was cancelled")]
+    Cancelled,
 }
 
 /// The AWS operation that failed, for messages and hints.

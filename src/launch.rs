@@ -6,6 +6,8 @@
 //! missing (safe to abandon), and [`submit`] creates the job. [`execute`] is `stage` + `submit`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -89,7 +91,18 @@ pub struct Prepared {
     _dir: tempfile::TempDir,
 }
 
+/// Sets the flag when dropped: the blocking packaging thread watches it, so that abandoning
+/// [`prepare`]'s future (an interrupt) stops the work instead of leaving it running.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Walks the root and builds the package (on a blocking thread: it is file and CPU work).
+/// Dropping the future stops the packaging soon after.
 pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, LaunchError> {
     let dir = tempfile::Builder::new()
         .prefix("mfbatch-package-")
@@ -101,9 +114,11 @@ pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, Laun
     let out = dir.path().join("package.tgz");
     let filter = SuffixFilter::parse(&spec.package_suffixes);
     let root = spec.root.clone();
+    let cancel = CancelOnDrop(Arc::default());
+    let cancelled = cancel.0.clone();
     let (manifest, built) = tokio::task::spawn_blocking(move || {
-        let manifest = package::collect(&root, &filter)?;
-        let built = package::build(&manifest, &out)?;
+        let manifest = package::collect_cancellable(&root, &filter, &cancelled)?;
+        let built = package::build_cancellable(&manifest, &out, &cancelled)?;
         Ok::<_, PackageError>((manifest, built))
     })
     .await

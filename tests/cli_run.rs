@@ -355,3 +355,62 @@ async fn config_shows_each_value_and_where_it_came_from() {
     assert!(doc["METAFLOW_ECS_FARGATE_EXECUTION_ROLE"]["value"].is_null());
     assert_eq!(fake.total_calls(), 0, "config asks AWS nothing");
 }
+
+/// Spawns `mfbatch ARGS` in the project with the fake's environment, for tests that signal it.
+fn spawn(cli: &Cli, fake: &FakeAws, args: &[&str]) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mfbatch"));
+    command
+        .args(args)
+        .current_dir(cli.work())
+        .env_clear()
+        .envs(fake.cli_env(cli.home()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command.spawn().expect("spawn mfbatch")
+}
+
+#[tokio::test]
+async fn the_first_sigterm_while_packaging_a_local_run_leaves_at_once() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    // 4 GiB of zeros without using the disk: packaging it takes many seconds.
+    let big = std::fs::File::create(cli.work().join("big.py")).unwrap();
+    big.set_len(4 << 30).unwrap();
+    drop(big);
+
+    let mut child = spawn(&cli, &fake, &["run", "--local", "step.py"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("mfbatch did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let waited = signalled.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("the step did not start"), "{stderr}");
+    assert!(!stderr.contains("Packaged"), "{stderr}");
+    assert!(waited < Duration::from_secs(3), "took {waited:?} to leave");
+}

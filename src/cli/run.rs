@@ -200,13 +200,30 @@ async fn run_local(spec: mfbatch::spec::JobSpec, global: Global) -> Result<u8, F
     let events = renderer.sink();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    // Nothing runs yet while packaging, so the first interrupt leaves at once (dropping the
+    // future stops the packaging thread too).
+    let prepared = tokio::select! {
+        prepared = launch::prepare(spec, &events) => Some(prepared),
+        _ = signals.recv() => None,
+    };
+    let prepared = match prepared {
+        Some(Ok(prepared)) => prepared,
+        Some(Err(e)) => {
+            drop(events);
+            renderer.finish().await;
+            return Err(e.into());
+        }
+        None => {
+            drop(events);
+            renderer.finish().await;
+            eprintln!("Interrupted while packaging: the step did not start.");
+            return Ok(exit::INTERRUPTED);
+        }
+    };
     let mut interrupted = false;
     // `None`: a second interrupt, leave without waiting for the step.
     let result = {
         let work = async {
-            let prepared = launch::prepare(spec, &events)
-                .await
-                .map_err(Failure::from)?;
             mfbatch::local::run(&prepared, &events, stop_rx)
                 .await
                 .map_err(|e| Failure::new(e, None, exit::FAILURE))
