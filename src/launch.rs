@@ -133,6 +133,20 @@ pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, Laun
     for skipped in &manifest.skipped {
         events(Event::Warning(Warning::Skipped(skipped.clone())));
     }
+    if spec.batch().is_some() {
+        // Container overrides are stored with the job, in clear, for as long as Batch keeps it.
+        for (name, _) in spec
+            .env
+            .iter()
+            .filter(|(n, _)| crate::settings::is_secret(n))
+        {
+            events(Event::Warning(Warning::Notice {
+                message: format!(
+                    "warning: --env {name} looks like a secret; job environments are visible in clear to anyone allowed batch:DescribeJobs (pass secrets through AWS Secrets Manager or SSM instead)"
+                ),
+            }));
+        }
+    }
     events(Event::Packaged {
         files: manifest.files.len(),
         bytes: built.size,

@@ -262,7 +262,7 @@ fn retries(options: &RunOptions) -> Result<crate::spec::Retries, ConfigError> {
 fn setting_error(key: Key, resolved: &Resolved, reason: String) -> ConfigError {
     ConfigError::InvalidSetting {
         key: key.name(),
-        value: resolved.value.clone(),
+        value: crate::settings::redact(key.name(), &resolved.value),
         origin: resolved.origin.to_string(),
         reason,
     }

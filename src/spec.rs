@@ -157,6 +157,8 @@ pub fn parse_env_pair(text: &str) -> Result<(String, String), ConfigError> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| invalid("--env", text, "expected KEY=VALUE"))?;
+    // Errors show the pair, so a secret value is hidden in them as everywhere else.
+    let text = &format!("{key}={}", crate::settings::redact(key, value));
     let valid = key
         .chars()
         .next()

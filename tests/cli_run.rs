@@ -358,6 +358,16 @@ async fn config_shows_each_value_and_where_it_came_from() {
 
 /// Spawns `mfbatch ARGS` in the project with the fake's environment, for tests that signal it.
 fn spawn(cli: &Cli, fake: &FakeAws, args: &[&str]) -> std::process::Child {
+    spawn_with(cli, fake, args, |_| {})
+}
+
+/// [`spawn`], with `adjust` changing the command first (e.g. an environment `Cli` cannot hold).
+fn spawn_with(
+    cli: &Cli,
+    fake: &FakeAws,
+    args: &[&str],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> std::process::Child {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mfbatch"));
     command
         .args(args)
@@ -370,6 +380,7 @@ fn spawn(cli: &Cli, fake: &FakeAws, args: &[&str]) -> std::process::Child {
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
     }
+    adjust(&mut command);
     command.spawn().expect("spawn mfbatch")
 }
 
@@ -413,4 +424,84 @@ async fn the_first_sigterm_while_packaging_a_local_run_leaves_at_once() {
     assert!(stderr.contains("the step did not start"), "{stderr}");
     assert!(!stderr.contains("Packaged"), "{stderr}");
     assert!(waited < Duration::from_secs(3), "took {waited:?} to leave");
+}
+
+#[tokio::test]
+async fn dry_run_hides_secret_env_values_and_warns_about_them() {
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    let out = cli.run(&[
+        "run",
+        "--dry-run",
+        "--env",
+        "DB_PASSWORD=hunter2",
+        "--env",
+        "MODE=fast",
+        "step.py",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(has_env(&doc["submitJob"], "DB_PASSWORD", "********"));
+    assert!(has_env(&doc["submitJob"], "MODE", "fast"));
+    assert!(
+        out.stderr.contains("DB_PASSWORD") && out.stderr.contains("batch:DescribeJobs"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hunter2"));
+
+    // A real run still sends the value: only what is printed is redacted.
+    let out = cli.run(&["run", "--detach", "--env", "DB_PASSWORD=hunter2", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(has_env(&fake.jobs()[0].submit, "DB_PASSWORD", "hunter2"));
+}
+
+#[tokio::test]
+async fn run_names_the_settings_a_project_file_chose_and_ignores_one_others_may_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    let file = cli.write(
+        ".metaflow/config.json",
+        r#"{"METAFLOW_DEFAULT_PACKAGE_SUFFIXES": ".py,.sql"}"#,
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    cli.write("query.sql", "select 1");
+    let out = cli.run(&["run", "--dry-run", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(
+        out.stderr.contains("Settings from project file")
+            && out.stderr.contains("METAFLOW_DEFAULT_PACKAGE_SUFFIXES"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("query.sql"));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = cli.run(&["run", "--dry-run", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(
+        out.stderr.contains("warning: ignored") && out.stderr.contains("writable by others"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("Settings from project file"));
+    assert!(!out.stdout.contains("query.sql"), "the file was not used");
+}
+
+#[tokio::test]
+async fn a_non_utf8_environment_variable_does_not_stop_any_command() {
+    use std::os::unix::ffi::OsStrExt;
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    for args in [&["config"][..], &["run", "--dry-run", "step.py"][..]] {
+        let mut child = spawn_with(&cli, &fake, args, |c| {
+            c.env("LATIN1_DIR", std::ffi::OsStr::from_bytes(b"/srv/caf\xe9"));
+        });
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }

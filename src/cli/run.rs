@@ -29,10 +29,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
     .collect();
     let settings = settings::resolve(&Sources::from_process(flags))?;
+    config_cmd::warn_ignored_files(&settings, global);
     if args.show_config {
         config_cmd::print(&settings, global.output);
         return Ok(exit::SUCCESS);
     }
+    config_cmd::note_project_settings(&settings, global.style, global.quiet);
     let options = RunOptions {
         script: args.script.clone(),
         root: args.root.clone(),
@@ -157,9 +159,10 @@ enum BeforeSubmit {
     Staged(Box<launch::Staged>),
 }
 
-/// What `--dry-run` prints: the package manifest and the request bodies, exactly as they would be sent.
+/// What `--dry-run` prints: the package manifest and the request bodies as they would be sent,
+/// except for secrets: environment values are shown through [`settings::redact`].
 fn dry_run_document(prepared: &Prepared, plan: &Plan) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "package": {
             "url": plan.package_url,
             "sha256": plan.package_sha256,
@@ -179,7 +182,32 @@ fn dry_run_document(prepared: &Prepared, plan: &Plan) -> serde_json::Value {
         },
         "submitJob": plan.submit_job,
         "containerOverridesChars": plan.submit_job.overrides_chars(),
-    })
+    });
+    for pointer in [
+        "/submitJob/containerOverrides/environment",
+        "/jobDefinition/registerJobDefinition/containerProperties/environment",
+    ] {
+        if let Some(serde_json::Value::Array(list)) = doc.pointer_mut(pointer) {
+            list.iter_mut().for_each(redact_name_value);
+        }
+    }
+    doc
+}
+
+/// Redacts one `{"name": …, "value": …}` environment entry in place.
+fn redact_name_value(entry: &mut serde_json::Value) {
+    let Some(name) = entry
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    if let Some(value) = entry.get_mut("value") {
+        if let Some(text) = value.as_str() {
+            *value = settings::redact(&name, text).into();
+        }
+    }
 }
 
 /// Parses `90s`, `10m`, `2h` for a flag.
