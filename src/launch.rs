@@ -216,6 +216,20 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
+        // Batch accepts such a job and leaves it RUNNABLE forever; say so before any upload.
+        if let Some(max) = queue.max_vcpus() {
+            if vcpu.get() > f64::from(max) {
+                return Err(ConfigError::InvalidFlag {
+                    flag: "--cpu",
+                    value: vcpu.to_string(),
+                    reason: format!(
+                        "queue {} has no compute environment that reaches more than {max} vCPUs",
+                        target.queue
+                    ),
+                }
+                .into());
+            }
+        }
         if platform == jobdef::Platform::Fargate && prepared.spec.resources.gpu > 0 {
             return Err(ConfigError::InvalidFlag {
                 flag: "--gpu",

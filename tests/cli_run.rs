@@ -505,3 +505,100 @@ async fn a_non_utf8_environment_variable_does_not_stop_any_command() {
         assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn out_of_range_values_exit_2_naming_the_flag_or_variable_before_any_aws_call() {
+    let fake = FakeAws::start().await;
+    let many_tags: Vec<String> = (0..48)
+        .flat_map(|i| ["--tag".into(), format!("t{i}=v")])
+        .collect();
+    // (environment to set, arguments, what stderr must name, what it must not say)
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Vec<&'a str>,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (vec![], vec!["--timeout", "4294967396"], "--timeout", None),
+        (vec![], vec!["--timeout", "2147483648"], "--timeout", None),
+        (vec![], vec!["--cpu", "1e300"], "--cpu", None),
+        (vec![], vec!["--memory", "99999999999999"], "--memory", None),
+        (vec![], vec!["--gpu", "4000000000"], "--gpu", None),
+        (vec![], vec!["--tag", "k=v(1)"], "--tag", None),
+        (vec![], vec!["--tag", "team=a,b"], "--tag", None),
+        (
+            vec![("METAFLOW_BATCH_DEFAULT_TAGS", r#"{"cost": "x;y"}"#)],
+            vec![],
+            "METAFLOW_BATCH_DEFAULT_TAGS",
+            None,
+        ),
+        (
+            vec![],
+            many_tags.iter().map(String::as_str).collect(),
+            "--tag",
+            Some("--env"),
+        ),
+        (
+            vec![("MFBATCH_POLL_MIN_MS", "60000")],
+            vec![],
+            "MFBATCH_POLL_MIN_MS",
+            None,
+        ),
+        (
+            vec![("MFBATCH_DRAIN_QUIET_MS", "18446744073709551615")],
+            vec![],
+            "MFBATCH_DRAIN_QUIET_MS",
+            None,
+        ),
+        (
+            vec![("AWS_REGION", "us east 1")],
+            vec![],
+            "region",
+            Some("credentials"),
+        ),
+        (
+            vec![("AWS_REGION", "not-a-region!")],
+            vec![],
+            "AWS_REGION",
+            Some("credentials"),
+        ),
+    ];
+    for (env, extra, names, never) in cases {
+        let mut cli = project(&fake);
+        for (k, v) in &env {
+            cli.set_env(k, v);
+        }
+        let mut args = vec!["run", "--detach"];
+        args.extend(extra.iter().copied());
+        args.push("step.py");
+        let out = cli.run(&args);
+        let context = format!("{env:?} {extra:?}: {}", out.render());
+        assert_eq!(out.code, Some(2), "{context}");
+        assert!(out.stderr.contains(names), "{context}");
+        if let Some(never) = never {
+            assert!(!out.stderr.contains(never), "{context}");
+        }
+        assert_eq!(fake.total_calls(), 0, "{context}");
+    }
+}
+
+#[tokio::test]
+async fn tags_derived_from_the_script_and_user_are_made_valid() {
+    let fake = FakeAws::start().await;
+    let mut cli = project(&fake);
+    cli.write("train(v2).py", "print('hi')\n");
+    cli.set_env("METAFLOW_USER", "CORP\\jane");
+    let out = cli.run(&["run", "--detach", "train(v2).py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let tags = fake.jobs()[0].submit["tags"].clone();
+    assert_eq!(tags["mfbatch.script"], "train_v2_.py", "{tags}");
+    assert_eq!(tags["mfbatch.user"], "CORP_jane", "{tags}");
+    for (key, value) in tags.as_object().unwrap() {
+        let text = format!("{key}{}", value.as_str().unwrap());
+        assert!(
+            text.chars().all(mfbatch::spec::is_tag_char),
+            "{key}={value}"
+        );
+    }
+}

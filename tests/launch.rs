@@ -909,3 +909,39 @@ async fn the_dry_run_bodies_are_exactly_what_is_sent() {
         planned_definition
     );
 }
+
+#[tokio::test]
+async fn more_vcpus_than_any_compute_environment_has_is_a_usage_error_before_any_upload() {
+    let fake = FakeAws::start().await;
+    fake.add_queue(
+        QueueSpec::new("small")
+            .compute_environment("a", "EC2", 8)
+            .compute_environment("b", "SPOT", 16),
+    );
+    let dir = project();
+    let env = [("METAFLOW_BATCH_JOB_QUEUE", Some("small"))];
+    let options = |cpu: &str| RunOptions {
+        cpu: Some(cpu.into()),
+        ..Default::default()
+    };
+    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("32"))).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LaunchError::Config(ConfigError::InvalidFlag { flag: "--cpu", reason, .. })
+                if reason.contains("16 vCPUs")
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_usage());
+    assert!(
+        fake.mutating_calls().is_empty(),
+        "{:?}",
+        fake.mutating_calls()
+    );
+
+    // As much as the largest environment offers is fine.
+    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("16"))).await;
+    result.unwrap();
+}
