@@ -21,6 +21,7 @@ pub struct Clients {
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub s3: aws_sdk_s3::Client,
     region: String,
+    s3_endpoint_url: Option<String>,
 }
 
 /// Choices that are not part of the standard AWS chain.
@@ -114,6 +115,7 @@ impl Clients {
             logs: aws_sdk_cloudwatchlogs::Client::from_conf(logs.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             region,
+            s3_endpoint_url: s3_endpoint_url(config, options),
         })
     }
 
@@ -121,6 +123,32 @@ impl Clients {
     pub fn region(&self) -> &str {
         &self.region
     }
+
+    /// The S3 endpoint the S3 client uses when it is not AWS's own (`METAFLOW_S3_ENDPOINT_URL`,
+    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, or `endpoint_url` in the AWS profile).
+    pub fn s3_endpoint_url(&self) -> Option<&str> {
+        self.s3_endpoint_url.as_deref()
+    }
+}
+
+/// The S3 endpoint, found in the order the S3 client itself looks (the SDK keeps it private).
+fn s3_endpoint_url(config: &SdkConfig, options: &ClientOptions) -> Option<String> {
+    use aws_types::service_config::ServiceConfigKey;
+    options.s3_endpoint_url.clone().or_else(|| {
+        config
+            .service_config()
+            .and_then(|c| {
+                c.load_config(
+                    ServiceConfigKey::builder()
+                        .service_id("S3")
+                        .env("AWS_ENDPOINT_URL")
+                        .profile("endpoint_url")
+                        .build()
+                        .ok()?,
+                )
+            })
+            .or_else(|| config.endpoint_url().map(str::to_owned))
+    })
 }
 
 /// Checks that a region looks like one: it becomes part of every endpoint's host name, and a

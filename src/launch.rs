@@ -259,13 +259,14 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         .as_ref()
         .map(|e| e.arn.clone())
         .unwrap_or_else(|| definition.job_definition_name.clone());
-    let submit_job = submit_request(
+    let mut submit_job = submit_request(
         prepared,
         target,
         &package_url,
         clients.region(),
         definition_ref,
     );
+    pass_s3_endpoint(&mut submit_job, clients);
     submit_job.check_limits()?;
     Ok(Plan {
         queue,
@@ -277,6 +278,23 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         existing_definition: existing,
         submit_job,
     })
+}
+
+/// Gives the job the S3 endpoint the upload used when it came from `AWS_ENDPOINT_URL(_S3)`
+/// rather than `METAFLOW_S3_ENDPOINT_URL`: the container does not see this machine's environment,
+/// and without it the bootstrap looks for the package on AWS's S3 (and exits 121).
+fn pass_s3_endpoint(submit_job: &mut SubmitRequest, clients: &Clients) {
+    const NAME: &str = "METAFLOW_S3_ENDPOINT_URL";
+    let Some(endpoint) = clients.s3_endpoint_url() else {
+        return;
+    };
+    let environment = &mut submit_job.container_overrides.environment;
+    if !environment.iter().any(|kv| kv.name == NAME) {
+        environment.push(NameValue {
+            name: NAME.to_owned(),
+            value: endpoint.to_owned(),
+        });
+    }
 }
 
 /// A job that Batch accepted.

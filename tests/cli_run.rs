@@ -602,3 +602,21 @@ async fn tags_derived_from_the_script_and_user_are_made_valid() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_s3_endpoint_from_the_aws_environment_reaches_the_job() {
+    let fake = FakeAws::start().await;
+    let mut cli = project(&fake);
+    // The service-specific variable wins over AWS_ENDPOINT_URL, for the upload and the job alike.
+    cli.set_env("AWS_ENDPOINT_URL_S3", &fake.uri());
+    cli.set_env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    cli.set_env("AWS_ENDPOINT_URL_BATCH", &fake.uri());
+    let out = cli.run(&["run", "--detach", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let submit = &fake.jobs()[0].submit;
+    assert!(
+        has_env(submit, "METAFLOW_S3_ENDPOINT_URL", &fake.uri()),
+        "{:?}",
+        env_of(submit)
+    );
+}

@@ -945,3 +945,40 @@ async fn more_vcpus_than_any_compute_environment_has_is_a_usage_error_before_any
     let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("16"))).await;
     result.unwrap();
 }
+
+#[tokio::test]
+async fn the_s3_endpoint_of_the_upload_is_given_to_the_job() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    // The fake's clients have their endpoint from the SDK configuration (as AWS_ENDPOINT_URL
+    // gives it), not from METAFLOW_S3_ENDPOINT_URL.
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    result.unwrap();
+    let env = environment(&fake.requests("SubmitJob")[0]);
+    assert_eq!(env["METAFLOW_S3_ENDPOINT_URL"], fake.uri());
+
+    // A METAFLOW_S3_ENDPOINT_URL the user chose (setting or --env) is kept, once.
+    let endpoints = |submit: &Value| -> Vec<String> {
+        name_values(&submit["containerOverrides"]["environment"])
+            .into_iter()
+            .filter(|(n, _)| n == "METAFLOW_S3_ENDPOINT_URL")
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let own = [(
+        "METAFLOW_S3_ENDPOINT_URL",
+        Some("http://own.example.com:9000"),
+    )];
+    let (result, _) = launch(&fake, spec_with(dir.path(), &own, RunOptions::default())).await;
+    result.unwrap();
+    let submit = fake.requests("SubmitJob").pop().unwrap();
+    assert_eq!(endpoints(&submit), ["http://own.example.com:9000"]);
+    let options = RunOptions {
+        env: vec!["METAFLOW_S3_ENDPOINT_URL=http://from-env-flag:9000".into()],
+        ..Default::default()
+    };
+    let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+    result.unwrap();
+    let submit = fake.requests("SubmitJob").pop().unwrap();
+    assert_eq!(endpoints(&submit), ["http://from-env-flag:9000"]);
+}
