@@ -223,6 +223,19 @@ impl AwsError {
         }
     }
 
+    /// A call that succeeded but left out a field mfbatch needs (an upload id, an ARN): using a
+    /// default instead would send the next call somewhere wrong.
+    pub fn incomplete(service: Service, call: &'static str, field: &'static str) -> Self {
+        AwsError {
+            service,
+            call,
+            code: None,
+            message: Some(format!("the answer has no {field}")),
+            kind: AwsErrorKind::Other,
+            source: Box::new(MissingField(field)),
+        }
+    }
+
     /// What the user can do next.
     pub fn hint(&self) -> Option<String> {
         Some(match self.kind {
@@ -249,6 +262,11 @@ impl AwsError {
         })
     }
 }
+
+/// A field missing from an AWS answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer has no {0}")]
+pub struct MissingField(pub &'static str);
 
 fn iam_prefix(service: Service) -> &'static str {
     match service {

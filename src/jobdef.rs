@@ -217,12 +217,15 @@ pub async fn register(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(Service::Batch, "RegisterJobDefinition", e))?;
+    let arn = out.job_definition_arn().ok_or_else(|| {
+        AwsError::incomplete(Service::Batch, "RegisterJobDefinition", "jobDefinitionArn")
+    })?;
     Ok(Registered {
         name: out
             .job_definition_name()
             .unwrap_or(&def.job_definition_name)
             .to_owned(),
-        arn: out.job_definition_arn().unwrap_or_default().to_owned(),
+        arn: arn.to_owned(),
         revision: out.revision().unwrap_or(0),
         newly_registered: true,
     })

@@ -19,7 +19,7 @@ use crate::jobdef::{self, JobDefinition, NameValue, Registered};
 use crate::package::{self, Built, Manifest, SuffixFilter};
 use crate::queue::{self, QueueInfo};
 use crate::spec::{BatchTarget, JobSpec};
-use crate::store::{PackageStore, S3Store, StoreError};
+use crate::store::{PackageStore, Presence, S3Store, StoreError};
 use crate::submit::{
     resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
 };
@@ -176,6 +176,10 @@ pub struct Plan {
     /// An ACTIVE definition with the same content: nothing to register.
     pub existing_definition: Option<Registered>,
     pub submit_job: SubmitRequest,
+    /// What the plan found worth telling the user ([`plan`] has no event sink: the caller shows
+    /// these).
+    #[serde(skip)]
+    pub warnings: Vec<Warning>,
 }
 
 /// Learns what exists (queue, package, definition) without changing anything.
@@ -251,9 +255,19 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         let existing = jobdef::find(&clients.batch, &definition.job_definition_name).await?;
         Ok((queue, definition, existing))
     };
-    let (lookup, present) = tokio::join!(definition_lookup, store.contains(sha));
+    let (lookup, presence) = tokio::join!(definition_lookup, store.presence(sha));
     let (queue, definition, existing) = lookup?;
-    let package_present = present?;
+    let presence = presence?;
+    let package_present = presence == Presence::Present;
+    let mut warnings = Vec::new();
+    if presence == Presence::Unknown {
+        warnings.push(Warning::Notice {
+            message: format!(
+                "warning: S3 answered 403 to HeadObject on the package, so it may or may not be stored; it will be uploaded unless already there (conditional put). Grant s3:ListBucket on bucket {} to skip this upload.",
+                target.datastore_root.bucket
+            ),
+        });
+    }
     let package_url = store.url(sha);
     let definition_ref = existing
         .as_ref()
@@ -277,6 +291,7 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         job_definition: definition,
         existing_definition: existing,
         submit_job,
+        warnings,
     })
 }
 

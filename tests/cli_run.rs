@@ -620,3 +620,16 @@ async fn the_s3_endpoint_from_the_aws_environment_reaches_the_job() {
         env_of(submit)
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_without_s3_list_bucket_still_plans_and_says_why() {
+    let fake = FakeAws::start().await;
+    fake.fail_always("HeadObject", Fault::AccessDenied);
+    let cli = project(&fake);
+    let out = cli.run(&["run", "--dry-run", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(out.stderr.contains("s3:ListBucket"), "{}", out.stderr);
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["package"]["alreadyStored"], false);
+    assert!(fake.mutating_calls().is_empty());
+}

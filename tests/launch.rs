@@ -982,3 +982,95 @@ async fn the_s3_endpoint_of_the_upload_is_given_to_the_job() {
     let submit = fake.requests("SubmitJob").pop().unwrap();
     assert_eq!(endpoints(&submit), ["http://from-env-flag:9000"]);
 }
+
+#[tokio::test]
+async fn a_forbidden_head_object_means_unknown_and_the_conditional_put_decides() {
+    let fake = FakeAws::start().await;
+    // Without s3:ListBucket, HeadObject on a missing key answers 403.
+    fake.fail_always("HeadObject", Fault::AccessDenied);
+    let dir = project();
+    let clients = fake.clients();
+    let prepared = launch::prepare(spec(dir.path()), &mfbatch::event::discard())
+        .await
+        .unwrap();
+    let plan = launch::plan(&clients, &prepared)
+        .await
+        .expect("not an error");
+    assert!(!plan.package_present);
+    let warning = format!("{:?}", plan.warnings);
+    assert!(warning.contains("s3:ListBucket"), "{warning}");
+    launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    assert_eq!(fake.calls("PutObject"), 1);
+    assert_eq!(fake.object_keys(BUCKET).len(), 1);
+
+    // Already stored: the conditional put answers 412, which is success.
+    let plan = launch::plan(&clients, &prepared).await.unwrap();
+    launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    assert_eq!(fake.calls("PutObject"), 2);
+    assert_eq!(fake.jobs().len(), 2);
+}
+
+#[tokio::test]
+async fn a_multipart_upload_abandoned_mid_way_is_aborted() {
+    use mfbatch::store::{PackageStore, S3Store};
+    let fake = FakeAws::start().await;
+    let dir = project();
+    write_file(dir.path(), "big.py", incompressible(17 << 20, 4));
+    let prepared = launch::prepare(spec(dir.path()), &mfbatch::event::discard())
+        .await
+        .unwrap();
+    let store = S3Store::new(
+        fake.clients().s3.clone(),
+        mfbatch::s3url::S3Url::parse(SYSROOT).unwrap(),
+    );
+    let first_part = Arc::new(tokio::sync::Notify::new());
+    let progress = {
+        let first_part = first_part.clone();
+        move |_, _| first_part.notify_one()
+    };
+    // An interrupt after the first part: the upload's future is dropped mid-way.
+    tokio::select! {
+        result = store.put(&prepared.package, &progress) => panic!("finished: {result:?}"),
+        _ = first_part.notified() => {}
+    }
+    mfbatch::store::abort_abandoned_uploads(std::time::Duration::from_secs(10)).await;
+    assert_eq!(fake.calls("CreateMultipartUpload"), 1);
+    assert_eq!(fake.calls("CompleteMultipartUpload"), 0);
+    assert_eq!(fake.calls("AbortMultipartUpload"), 1);
+    assert_eq!(fake.open_uploads(), 0, "no parts are left to be billed");
+}
+
+#[tokio::test]
+async fn an_answer_without_an_upload_id_is_an_error_not_an_empty_id() {
+    let fake = FakeAws::start().await;
+    // A 200 whose body holds no UploadId.
+    fake.fail_always(
+        "CreateMultipartUpload",
+        Fault::Raw {
+            status: 200,
+            body: format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<InitiateMultipartUploadResult><Bucket>{BUCKET}</Bucket><Key>k</Key></InitiateMultipartUploadResult>"
+            ),
+        },
+    );
+    let dir = project();
+    write_file(dir.path(), "big.py", incompressible(17 << 20, 5));
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    match result.unwrap_err() {
+        LaunchError::Store(StoreError::Aws(e)) => {
+            assert_eq!(e.call, "CreateMultipartUpload");
+            assert!(format!("{e:?}").contains("UploadId"), "{e:?}");
+        }
+        other => panic!("unexpected error: {other:?}"),
+    }
+    assert_eq!(
+        fake.calls("UploadPart"),
+        0,
+        "no part is sent with an empty id"
+    );
+    assert_eq!(fake.calls("SubmitJob"), 0);
+}

@@ -88,6 +88,9 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     let before_submit = async {
         let prepared = launch::prepare(spec, &events).await?;
         let plan = launch::plan(&clients, &prepared).await?;
+        for warning in &plan.warnings {
+            events(mfbatch::event::Event::Warning(warning.clone()));
+        }
         if args.dry_run {
             let doc = dry_run_document(&prepared, &plan);
             return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
@@ -115,6 +118,8 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             return Err(e.into());
         }
         None => {
+            // An upload cut off mid-way is aborted, so its parts are not kept (and billed).
+            mfbatch::store::abort_abandoned_uploads(ABORT_WAIT).await;
             close(renderer, events).await;
             eprintln!("Interrupted before submitting: no job was created.");
             return Ok(exit::INTERRUPTED);
@@ -146,6 +151,9 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     )
     .await
 }
+
+/// How long an interrupted run waits for S3 to abort its unfinished upload.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Writes what the renderer has and stops it.
 async fn close(renderer: Renderer, events: mfbatch::event::EventSink) {
