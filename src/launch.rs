@@ -252,7 +252,7 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
-        let existing = jobdef::find(&clients.batch, &definition.job_definition_name).await?;
+        let existing = jobdef::find(&clients.batch, &definition).await?;
         Ok((queue, definition, existing))
     };
     let (lookup, presence) = tokio::join!(definition_lookup, store.presence(sha));
