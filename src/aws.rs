@@ -21,6 +21,7 @@ pub struct Clients {
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub s3: aws_sdk_s3::Client,
     region: String,
+    s3_endpoint_url: Option<String>,
 }
 
 /// Choices that are not part of the standard AWS chain.
@@ -83,6 +84,7 @@ impl Clients {
         path_style: bool,
     ) -> Result<Self, ConfigError> {
         let region = config.region().ok_or(ConfigError::NoRegion)?.to_string();
+        check_region(&region)?;
         let mut s3 = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(path_style || options.s3_endpoint_url.is_some())
             // Only send checksums S3 requires: S3-compatible stores (and emulators) often reject the
@@ -113,11 +115,82 @@ impl Clients {
             logs: aws_sdk_cloudwatchlogs::Client::from_conf(logs.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             region,
+            s3_endpoint_url: s3_endpoint_url(config, options),
         })
     }
 
     /// The region every client uses; also given to the container as `AWS_DEFAULT_REGION`.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// The S3 endpoint the S3 client uses when it is not AWS's own (`METAFLOW_S3_ENDPOINT_URL`,
+    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, or `endpoint_url` in the AWS profile).
+    pub fn s3_endpoint_url(&self) -> Option<&str> {
+        self.s3_endpoint_url.as_deref()
+    }
+}
+
+/// The S3 endpoint, found in the order the S3 client itself looks (the SDK keeps it private).
+fn s3_endpoint_url(config: &SdkConfig, options: &ClientOptions) -> Option<String> {
+    use aws_types::service_config::ServiceConfigKey;
+    options.s3_endpoint_url.clone().or_else(|| {
+        config
+            .service_config()
+            .and_then(|c| {
+                c.load_config(
+                    ServiceConfigKey::builder()
+                        .service_id("S3")
+                        .env("AWS_ENDPOINT_URL")
+                        .profile("endpoint_url")
+                        .build()
+                        .ok()?,
+                )
+            })
+            .or_else(|| config.endpoint_url().map(str::to_owned))
+    })
+}
+
+/// Checks that a region looks like one: it becomes part of every endpoint's host name, and a
+/// malformed one otherwise fails each call in a way the SDK reports as missing credentials.
+/// Lowercase letters, digits and inner hyphens, as in `us-east-1`; the shape is not tied to AWS's
+/// own names, so S3-compatible stores' regions (`auto`, `fr-par`) pass.
+pub fn check_region(region: &str) -> Result<(), ConfigError> {
+    let valid = !region.is_empty()
+        && region.len() <= 63
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !region.starts_with('-')
+        && !region.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidRegion {
+            region: region.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_region;
+
+    #[test]
+    fn regions_are_checked_for_shape() {
+        for good in ["us-east-1", "us-gov-west-1", "cn-north-1", "auto", "fr-par"] {
+            assert!(check_region(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "us east 1",
+            "not-a-region!",
+            "",
+            "US-EAST-1",
+            "-x",
+            "a.b",
+            "us-east-1 ",
+        ] {
+            assert!(check_region(bad).is_err(), "{bad:?}");
+        }
     }
 }

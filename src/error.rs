@@ -55,6 +55,12 @@ pub enum ConfigError {
     /// No AWS region could be found for the Batch, Logs and S3 clients.
     #[error("no AWS region is configured")]
     NoRegion,
+    /// The job's tags (mfbatch's, METAFLOW_BATCH_DEFAULT_TAGS and --tag) are too many.
+    #[error("the job has {actual} tags, over AWS's limit of {limit}")]
+    TooManyTags { actual: usize, limit: usize },
+    /// The configured region is not a region name (it would end up in every endpoint's host).
+    #[error("invalid AWS region {region:?}: expected a region name such as us-east-1")]
+    InvalidRegion { region: String },
 }
 
 impl ConfigError {
@@ -82,6 +88,14 @@ impl ConfigError {
             ConfigError::NoRegion => Some(
                 "export AWS_REGION=..., or set `region` in ~/.aws/config for your profile".into(),
             ),
+            ConfigError::InvalidRegion { .. } => Some(
+                "check AWS_REGION, AWS_DEFAULT_REGION and `region` in ~/.aws/config for your profile"
+                    .into(),
+            ),
+            ConfigError::TooManyTags { .. } => Some(
+                "remove some --tag flags or METAFLOW_BATCH_DEFAULT_TAGS entries (mfbatch adds 3 of its own)"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -105,6 +119,19 @@ pub enum PackageError {
     },
     #[error("the script {script} is not part of the package (hidden, in __pycache__, or its suffix is not one of {suffixes})")]
     ScriptExcluded { script: PathBuf, suffixes: String },
+    /// A file changed between the walk and the archive: packaging it would corrupt the package.
+    #[error("{path} changed while it was packaged: {reason}")]
+    Changed { path: PathBuf, reason: String },
+    /// Two files would have the same path in the archive, and one would silently be lost.
+    #[error("{} and {} would both be {path:?} in the package", first.display(), second.display())]
+    DuplicatePath {
+        path: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    /// The caller stopped packaging (an interrupt).
+    #[error("packaging was cancelled")]
+    Cancelled,
 }
 
 /// The AWS operation that failed, for messages and hints.
@@ -203,13 +230,25 @@ impl AwsError {
         classify_code(err.code())
     }
 
+    /// A call that succeeded but left out a field mfbatch needs (an upload id, an ARN): using a
+    /// default instead would send the next call somewhere wrong.
+    pub fn incomplete(service: Service, call: &'static str, field: &'static str) -> Self {
+        AwsError {
+            service,
+            call,
+            code: None,
+            message: Some(format!("the answer has no {field}")),
+            kind: AwsErrorKind::Other,
+            source: Box::new(MissingField(field)),
+        }
+    }
+
     /// What the user can do next.
     pub fn hint(&self) -> Option<String> {
         Some(match self.kind {
             AwsErrorKind::AccessDenied => format!(
-                "the AWS identity in use may not call {}:{}; check `aws sts get-caller-identity` and its IAM policy",
-                iam_prefix(self.service),
-                self.call
+                "the AWS identity in use may lack {}; check `aws sts get-caller-identity` and its IAM policy",
+                iam_permission(self.service, self.call)
             ),
             AwsErrorKind::NotFound => match self.service {
                 Service::Batch => "check the queue (--queue / METAFLOW_BATCH_JOB_QUEUE) and the region (AWS_REGION)".into(),
@@ -231,11 +270,36 @@ impl AwsError {
     }
 }
 
+/// A field missing from an AWS answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer has no {0}")]
+pub struct MissingField(pub &'static str);
+
 fn iam_prefix(service: Service) -> &'static str {
     match service {
         Service::Batch => "batch",
         Service::Logs => "logs",
         Service::S3 => "s3",
+    }
+}
+
+/// The IAM permission a call needs, in words. Most calls need the action of their own name, but
+/// S3's object calls do not: there is no `s3:HeadObject` or `s3:UploadPart` to grant.
+pub fn iam_permission(service: Service, call: &str) -> String {
+    match (service, call) {
+        (Service::S3, "HeadObject" | "GetObject") => {
+            "s3:GetObject (and s3:ListBucket, without which a missing object answers 403, not 404)"
+                .into()
+        }
+        (
+            Service::S3,
+            "PutObject" | "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload",
+        ) => "s3:PutObject".into(),
+        (Service::S3, "ListObjects" | "ListObjectsV2" | "HeadBucket") => "s3:ListBucket".into(),
+        (Service::Batch, "SubmitJob") => {
+            "batch:SubmitJob (and batch:TagResource, for the job's tags)".into()
+        }
+        (service, call) => format!("{}:{call}", iam_prefix(service)),
     }
 }
 
@@ -266,5 +330,48 @@ fn classify_code(code: Option<&str>) -> AwsErrorKind {
             AwsErrorKind::Invalid
         }
         _ => AwsErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_denied_hints_name_real_iam_actions() {
+        let cases = [
+            (Service::S3, "HeadObject", "s3:GetObject"),
+            (Service::S3, "GetObject", "s3:GetObject"),
+            (Service::S3, "PutObject", "s3:PutObject"),
+            (Service::S3, "CreateMultipartUpload", "s3:PutObject"),
+            (Service::S3, "UploadPart", "s3:PutObject"),
+            (Service::S3, "CompleteMultipartUpload", "s3:PutObject"),
+            (
+                Service::S3,
+                "AbortMultipartUpload",
+                "s3:AbortMultipartUpload",
+            ),
+            (Service::Logs, "GetLogEvents", "logs:GetLogEvents"),
+            (Service::Batch, "DescribeJobs", "batch:DescribeJobs"),
+            (
+                Service::Batch,
+                "RegisterJobDefinition",
+                "batch:RegisterJobDefinition",
+            ),
+        ];
+        for (service, call, want) in cases {
+            let got = iam_permission(service, call);
+            assert!(got.starts_with(want), "{call}: {got}");
+        }
+        for call in [
+            "HeadObject",
+            "UploadPart",
+            "CreateMultipartUpload",
+            "CompleteMultipartUpload",
+        ] {
+            let got = iam_permission(Service::S3, call);
+            assert!(!got.contains(&format!("s3:{call}")), "{call}: {got}");
+        }
+        assert!(iam_permission(Service::S3, "HeadObject").contains("s3:ListBucket"));
     }
 }

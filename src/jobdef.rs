@@ -1,5 +1,5 @@
 //! Job definitions: built from the spec, named by the hash of their canonical JSON, reused when an
-//! ACTIVE one of that name exists and registered only when missing.
+//! ACTIVE revision of that name has exactly that content, and registered otherwise.
 //!
 //! Resources are placeholders here: each job's cpu, memory and gpu go in its SubmitJob overrides,
 //! so one definition serves every size and the number of definitions stays small.
@@ -134,31 +134,157 @@ pub struct Registered {
     pub newly_registered: bool,
 }
 
-/// Finds the newest ACTIVE revision of the definition's name.
+/// Finds the newest ACTIVE revision of the definition's name whose content is the definition's.
+///
+/// The name alone proves nothing: anyone allowed to register definitions in the account can
+/// register a revision named `mfbatch-<hash>` with another image, command, role or volume, and
+/// every later run would use it. So each revision is compared with `def`, and one that differs in
+/// anything is passed over (the caller then registers its own).
 pub async fn find(
     client: &aws_sdk_batch::Client,
-    name: &str,
+    def: &JobDefinition,
 ) -> Result<Option<Registered>, AwsError> {
-    let out = client
-        .describe_job_definitions()
-        .job_definition_name(name)
-        .status("ACTIVE")
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk(Service::Batch, "DescribeJobDefinitions", e))?;
-    Ok(out
-        .job_definitions()
-        .iter()
-        .filter(|d| d.job_definition_name() == Some(name))
-        .max_by_key(|d| d.revision().unwrap_or(0))
-        .and_then(|d| {
-            Some(Registered {
+    let name = def.job_definition_name.as_str();
+    let mut best: Option<Registered> = None;
+    let mut next_token = None;
+    loop {
+        let out = client
+            .describe_job_definitions()
+            .job_definition_name(name)
+            .status("ACTIVE")
+            .set_next_token(next_token)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(Service::Batch, "DescribeJobDefinitions", e))?;
+        for found in out.job_definitions() {
+            let (Some(arn), Some(revision)) = (found.job_definition_arn(), found.revision()) else {
+                continue;
+            };
+            if found.job_definition_name() != Some(name)
+                || !same_content(found, def)
+                || best.as_ref().is_some_and(|b| b.revision >= revision)
+            {
+                continue;
+            }
+            best = Some(Registered {
                 name: name.to_owned(),
-                arn: d.job_definition_arn()?.to_owned(),
-                revision: d.revision().unwrap_or(0),
+                arn: arn.to_owned(),
+                revision,
                 newly_registered: false,
-            })
-        }))
+            });
+        }
+        next_token = out.next_token().map(str::to_owned);
+        if next_token.is_none() {
+            return Ok(best);
+        }
+    }
+}
+
+/// Whether a registered revision is `def`: everything `def` sets has the same value (that is,
+/// everything its name's hash covers), and nothing `def` leaves unset is set.
+pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefinition) -> bool {
+    let Some(p) = found.container_properties() else {
+        return false;
+    };
+    let ours = &def.container_properties;
+    let sorted_env = |list: &mut dyn Iterator<Item = (String, String)>| {
+        let mut v: Vec<_> = list.collect();
+        v.sort();
+        v
+    };
+    let environment = sorted_env(&mut p.environment().iter().map(|kv| {
+        (
+            kv.name().unwrap_or_default().to_owned(),
+            kv.value().unwrap_or_default().to_owned(),
+        )
+    }));
+    let our_environment = sorted_env(
+        &mut ours
+            .environment
+            .iter()
+            .map(|kv| (kv.name.clone(), kv.value.clone())),
+    );
+    let resources = sorted_env(&mut p.resource_requirements().iter().map(|r| {
+        (
+            r.r#type()
+                .map(|t| t.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            r.value().unwrap_or_default().to_owned(),
+        )
+    }));
+    let our_resources = sorted_env(
+        &mut ours
+            .resource_requirements
+            .iter()
+            .map(|r| (r.kind.to_owned(), r.value.clone())),
+    );
+    let mut platforms: Vec<&str> = found
+        .platform_capabilities()
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    platforms.sort_unstable();
+    let mut our_platforms: Vec<&str> = def
+        .platform_capabilities
+        .iter()
+        .map(|p| match p {
+            Platform::Ec2 => "EC2",
+            Platform::Fargate => "FARGATE",
+        })
+        .collect();
+    our_platforms.sort_unstable();
+    let network_ok = match &ours.network_configuration {
+        Some(net) => p
+            .network_configuration()
+            .and_then(|n| n.assign_public_ip())
+            .is_some_and(|ip| ip.as_str() == net.assign_public_ip),
+        // Only Fargate uses it; on EC2 Batch ignores it.
+        None => true,
+    };
+    let same = found.r#type() == Some(def.kind)
+        && found.propagate_tags().unwrap_or(false) == def.propagate_tags
+        && platforms == our_platforms
+        && p.image() == Some(ours.image.as_str())
+        && p.job_role_arn() == Some(ours.job_role_arn.as_str())
+        && p.execution_role_arn() == ours.execution_role_arn.as_deref()
+        && p.command() == ours.command.as_slice()
+        && environment == our_environment
+        && resources == our_resources
+        && network_ok;
+    // What mfbatch never sets must not be set either: host volumes, privileges, another user,
+    // secrets, a log driver, default retries or timeouts would all change what the job does.
+    let default_platform = p
+        .fargate_platform_configuration()
+        .is_none_or(|f| f.platform_version().is_none_or(|v| v == "LATEST"));
+    let default_runtime = p.runtime_platform().is_none_or(|r| {
+        r.operating_system_family().is_none_or(|o| o == "LINUX")
+            && r.cpu_architecture().is_none_or(|a| a == "X86_64")
+    });
+    let nothing_else = p.volumes().is_empty()
+        && p.mount_points().is_empty()
+        && p.ulimits().is_empty()
+        && p.secrets().is_empty()
+        && p.privileged() != Some(true)
+        && p.readonly_root_filesystem() != Some(true)
+        && p.enable_execute_command() != Some(true)
+        && p.user().is_none()
+        && p.instance_type().is_none()
+        && p.linux_parameters().is_none()
+        && p.log_configuration().is_none()
+        && p.repository_credentials().is_none()
+        && p.ephemeral_storage().is_none()
+        && default_platform
+        && default_runtime
+        && found.retry_strategy().is_none()
+        && found.timeout().is_none()
+        && found.parameters().is_none_or(|m| m.is_empty())
+        && found.node_properties().is_none()
+        && found.ecs_properties().is_none()
+        && found.eks_properties().is_none()
+        && found.scheduling_priority().is_none()
+        && found.consumable_resource_properties().is_none();
+    same && nothing_else
 }
 
 /// Registers the definition (the caller has looked for an ACTIVE one with [`find`]).
@@ -217,12 +343,15 @@ pub async fn register(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(Service::Batch, "RegisterJobDefinition", e))?;
+    let arn = out.job_definition_arn().ok_or_else(|| {
+        AwsError::incomplete(Service::Batch, "RegisterJobDefinition", "jobDefinitionArn")
+    })?;
     Ok(Registered {
         name: out
             .job_definition_name()
             .unwrap_or(&def.job_definition_name)
             .to_owned(),
-        arn: out.job_definition_arn().unwrap_or_default().to_owned(),
+        arn: arn.to_owned(),
         revision: out.revision().unwrap_or(0),
         newly_registered: true,
     })

@@ -6,6 +6,8 @@
 //! missing (safe to abandon), and [`submit`] creates the job. [`execute`] is `stage` + `submit`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -17,7 +19,7 @@ use crate::jobdef::{self, JobDefinition, NameValue, Registered};
 use crate::package::{self, Built, Manifest, SuffixFilter};
 use crate::queue::{self, QueueInfo};
 use crate::spec::{BatchTarget, JobSpec};
-use crate::store::{PackageStore, S3Store, StoreError};
+use crate::store::{PackageStore, Presence, S3Store, StoreError};
 use crate::submit::{
     resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
     REQUEST_ID_TAG,
@@ -90,7 +92,18 @@ pub struct Prepared {
     _dir: tempfile::TempDir,
 }
 
+/// Sets the flag when dropped: the blocking packaging thread watches it, so that abandoning
+/// [`prepare`]'s future (an interrupt) stops the work instead of leaving it running.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Walks the root and builds the package (on a blocking thread: it is file and CPU work).
+/// Dropping the future stops the packaging soon after.
 pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, LaunchError> {
     let dir = tempfile::Builder::new()
         .prefix("mfbatch-package-")
@@ -102,9 +115,11 @@ pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, Laun
     let out = dir.path().join("package.tgz");
     let filter = SuffixFilter::parse(&spec.package_suffixes);
     let root = spec.root.clone();
+    let cancel = CancelOnDrop(Arc::default());
+    let cancelled = cancel.0.clone();
     let (manifest, built) = tokio::task::spawn_blocking(move || {
-        let manifest = package::collect(&root, &filter)?;
-        let built = package::build(&manifest, &out)?;
+        let manifest = package::collect_cancellable(&root, &filter, &cancelled)?;
+        let built = package::build_cancellable(&manifest, &out, &cancelled)?;
         Ok::<_, PackageError>((manifest, built))
     })
     .await
@@ -118,6 +133,20 @@ pub async fn prepare(spec: JobSpec, events: &EventSink) -> Result<Prepared, Laun
     }
     for skipped in &manifest.skipped {
         events(Event::Warning(Warning::Skipped(skipped.clone())));
+    }
+    if spec.batch().is_some() {
+        // Container overrides are stored with the job, in clear, for as long as Batch keeps it.
+        for (name, _) in spec
+            .env
+            .iter()
+            .filter(|(n, _)| crate::settings::is_secret(n))
+        {
+            events(Event::Warning(Warning::Notice {
+                message: format!(
+                    "warning: --env {name} looks like a secret; job environments are visible in clear to anyone allowed batch:DescribeJobs (pass secrets through AWS Secrets Manager or SSM instead)"
+                ),
+            }));
+        }
     }
     events(Event::Packaged {
         files: manifest.files.len(),
@@ -148,6 +177,10 @@ pub struct Plan {
     /// An ACTIVE definition with the same content: nothing to register.
     pub existing_definition: Option<Registered>,
     pub submit_job: SubmitRequest,
+    /// What the plan found worth telling the user ([`plan`] has no event sink: the caller shows
+    /// these).
+    #[serde(skip)]
+    pub warnings: Vec<Warning>,
 }
 
 /// Learns what exists (queue, package, definition) without changing anything.
@@ -188,6 +221,20 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
+        // Batch accepts such a job and leaves it RUNNABLE forever; say so before any upload.
+        if let Some(max) = queue.max_vcpus() {
+            if vcpu.get() > f64::from(max) {
+                return Err(ConfigError::InvalidFlag {
+                    flag: "--cpu",
+                    value: vcpu.to_string(),
+                    reason: format!(
+                        "queue {} has no compute environment that reaches more than {max} vCPUs",
+                        target.queue
+                    ),
+                }
+                .into());
+            }
+        }
         if platform == jobdef::Platform::Fargate && prepared.spec.resources.gpu > 0 {
             return Err(ConfigError::InvalidFlag {
                 flag: "--gpu",
@@ -206,24 +253,35 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
-        let existing = jobdef::find(&clients.batch, &definition.job_definition_name).await?;
+        let existing = jobdef::find(&clients.batch, &definition).await?;
         Ok((queue, definition, existing))
     };
-    let (lookup, present) = tokio::join!(definition_lookup, store.contains(sha));
+    let (lookup, presence) = tokio::join!(definition_lookup, store.presence(sha));
     let (queue, definition, existing) = lookup?;
-    let package_present = present?;
+    let presence = presence?;
+    let package_present = presence == Presence::Present;
+    let mut warnings = Vec::new();
+    if presence == Presence::Unknown {
+        warnings.push(Warning::Notice {
+            message: format!(
+                "warning: S3 answered 403 to HeadObject on the package, so it may or may not be stored; it will be uploaded unless already there (conditional put). Grant s3:ListBucket on bucket {} to skip this upload.",
+                target.datastore_root.bucket
+            ),
+        });
+    }
     let package_url = store.url(sha);
     let definition_ref = existing
         .as_ref()
         .map(|e| e.arn.clone())
         .unwrap_or_else(|| definition.job_definition_name.clone());
-    let submit_job = submit_request(
+    let mut submit_job = submit_request(
         prepared,
         target,
         &package_url,
         clients.region(),
         definition_ref,
     );
+    pass_s3_endpoint(&mut submit_job, clients);
     submit_job.check_limits()?;
     Ok(Plan {
         queue,
@@ -234,7 +292,25 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         job_definition: definition,
         existing_definition: existing,
         submit_job,
+        warnings,
     })
+}
+
+/// Gives the job the S3 endpoint the upload used when it came from `AWS_ENDPOINT_URL(_S3)`
+/// rather than `METAFLOW_S3_ENDPOINT_URL`: the container does not see this machine's environment,
+/// and without it the bootstrap looks for the package on AWS's S3 (and exits 121).
+fn pass_s3_endpoint(submit_job: &mut SubmitRequest, clients: &Clients) {
+    const NAME: &str = "METAFLOW_S3_ENDPOINT_URL";
+    let Some(endpoint) = clients.s3_endpoint_url() else {
+        return;
+    };
+    let environment = &mut submit_job.container_overrides.environment;
+    if !environment.iter().any(|kv| kv.name == NAME) {
+        environment.push(NameValue {
+            name: NAME.to_owned(),
+            value: endpoint.to_owned(),
+        });
+    }
 }
 
 /// A job that Batch accepted.

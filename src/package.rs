@@ -5,8 +5,9 @@
 //! written as a stream to a file while it is hashed, so memory stays constant whatever the size.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
@@ -47,6 +48,23 @@ pub enum SkipReason {
     LinkOutsideRoot,
     /// A symlink that points nowhere or loops.
     BrokenLink,
+    /// Not a regular file (a FIFO, socket or device): reading one can block forever.
+    NotRegularFile,
+    /// A name that is not UTF-8 cannot be an archive path without being changed, and two
+    /// changed names could become one.
+    NonUtf8Name,
+}
+
+impl SkipReason {
+    /// Why the entry was left out, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SkipReason::LinkOutsideRoot => "the link points outside the package root",
+            SkipReason::BrokenLink => "the link is broken or loops",
+            SkipReason::NotRegularFile => "not a regular file (FIFO, socket or device)",
+            SkipReason::NonUtf8Name => "its name is not valid UTF-8",
+        }
+    }
 }
 
 /// The files a package will hold, in archive order.
@@ -89,8 +107,17 @@ impl SuffixFilter {
 /// Walks `root` and lists what goes into the package.
 ///
 /// Hidden files and directories and `__pycache__` are skipped; symlinks are followed only while
-/// they resolve inside `root`.
+/// they resolve inside `root`; only regular files with UTF-8 names are packaged.
 pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageError> {
+    collect_cancellable(root, filter, &AtomicBool::new(false))
+}
+
+/// [`collect`], giving up with [`PackageError::Cancelled`] soon after `cancel` turns true.
+pub fn collect_cancellable(
+    root: &Path,
+    filter: &SuffixFilter,
+    cancel: &AtomicBool,
+) -> Result<Manifest, PackageError> {
     let read_err = |path: &Path, source: io::Error| PackageError::Read {
         path: path.to_owned(),
         source,
@@ -102,6 +129,9 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
         .min_depth(1)
         .into_iter();
     while let Some(next) = walk.next() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(PackageError::Cancelled);
+        }
         let entry = match next {
             Ok(entry) => entry,
             Err(err) => {
@@ -123,8 +153,17 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
                 return Err(read_err(&path, io));
             }
         };
-        let name = entry.file_name().to_string_lossy();
         let is_dir = entry.file_type().is_dir();
+        let Some(name) = entry.file_name().to_str() else {
+            manifest.skipped.push(Skipped {
+                path: relative(&canonical_root, entry.path()),
+                reason: SkipReason::NonUtf8Name,
+            });
+            if is_dir {
+                walk.skip_current_dir();
+            }
+            continue;
+        };
         if name.starts_with('.') || (is_dir && name == "__pycache__") {
             if is_dir {
                 walk.skip_current_dir();
@@ -147,7 +186,15 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
                 continue;
             }
         }
-        if is_dir || !filter.matches(&name) {
+        if is_dir || !filter.matches(name) {
+            continue;
+        }
+        // The walk follows links, so this is the type of what a link points to.
+        if !entry.file_type().is_file() {
+            manifest.skipped.push(Skipped {
+                path: relative(&canonical_root, entry.path()),
+                reason: SkipReason::NotRegularFile,
+            });
             continue;
         }
         let metadata = entry.metadata().map_err(|e| {
@@ -167,7 +214,22 @@ pub fn collect(root: &Path, filter: &SuffixFilter) -> Result<Manifest, PackageEr
     // Sort by the archive path's bytes so every machine and filesystem gives the same order.
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
     manifest.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    check_unique(&manifest)?;
     Ok(manifest)
+}
+
+/// Two files behind one archive path would silently become one when unpacked.
+fn check_unique(manifest: &Manifest) -> Result<(), PackageError> {
+    let mut paths: Vec<&Entry> = manifest.files.iter().collect();
+    paths.sort_by(|a, b| a.path.cmp(&b.path));
+    match paths.windows(2).find(|w| w[0].path == w[1].path) {
+        Some(pair) => Err(PackageError::DuplicatePath {
+            path: pair[0].path.clone(),
+            first: pair[0].source.clone(),
+            second: pair[1].source.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn relative(root: &Path, path: &Path) -> String {
@@ -199,7 +261,21 @@ pub struct Built {
 }
 
 /// Writes the manifest's files as a reproducible `.tgz` at `out`, hashing as it goes.
+///
+/// Each file must still be a regular file of the size it was listed with: one that changed in
+/// between is an error, never a padded or truncated entry.
 pub fn build(manifest: &Manifest, out: &Path) -> Result<Built, PackageError> {
+    build_cancellable(manifest, out, &AtomicBool::new(false))
+}
+
+/// [`build`], giving up with [`PackageError::Cancelled`] soon after `cancel` turns true.
+pub fn build_cancellable(
+    manifest: &Manifest,
+    out: &Path,
+    cancel: &AtomicBool,
+) -> Result<Built, PackageError> {
+    // The manifest may come from a caller rather than from `collect`.
+    check_unique(manifest)?;
     let write_err = |source: io::Error| PackageError::Write {
         path: out.to_owned(),
         source,
@@ -212,6 +288,9 @@ pub fn build(manifest: &Manifest, out: &Path) -> Result<Built, PackageError> {
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for entry in &manifest.files {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(PackageError::Cancelled);
+        }
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(entry.size);
@@ -219,16 +298,45 @@ pub fn build(manifest: &Manifest, out: &Path) -> Result<Built, PackageError> {
         header.set_mtime(FIXED_MTIME);
         header.set_uid(0);
         header.set_gid(0);
-        let source = File::open(&entry.source).map_err(|e| PackageError::Read {
+        let read_err = |source: io::Error| PackageError::Read {
             path: entry.source.clone(),
-            source: e,
-        })?;
-        // `take` guards against a file that grew since it was listed; one that shrank fails.
-        tar.append_data(&mut header, &entry.path, io::Read::take(source, entry.size))
-            .map_err(|e| PackageError::Read {
-                path: entry.source.clone(),
-                source: e,
+            source,
+        };
+        let changed = |reason: String| PackageError::Changed {
+            path: entry.source.clone(),
+            reason,
+        };
+        let mut source = open_regular(&entry.source).map_err(read_err)?;
+        if !source.metadata().map_err(read_err)?.is_file() {
+            return Err(changed("it is no longer a regular file".into()));
+        }
+        let mut exact = ExactReader {
+            inner: &mut source,
+            remaining: entry.size,
+            cancel,
+        };
+        // `tar` pads a short read with zeros and stops at the header's size, so the reader itself
+        // fails unless it yields exactly the listed size.
+        tar.append_data(&mut header, &entry.path, &mut exact)
+            .map_err(|e| {
+                if cancel.load(Ordering::Relaxed) {
+                    PackageError::Cancelled
+                } else if e.kind() == io::ErrorKind::UnexpectedEof {
+                    changed(format!(
+                        "it shrank while being packaged (listed with {} bytes)",
+                        entry.size
+                    ))
+                } else {
+                    read_err(e)
+                }
             })?;
+        let mut probe = [0u8; 1];
+        if source.read(&mut probe).map_err(read_err)? != 0 {
+            return Err(changed(format!(
+                "it grew while being packaged (listed with {} bytes)",
+                entry.size
+            )));
+        }
     }
     let gz = tar.into_inner().map_err(write_err)?;
     let mut hashing = gz.finish().map_err(write_err)?;
@@ -239,6 +347,54 @@ pub fn build(manifest: &Manifest, out: &Path) -> Result<Built, PackageError> {
         sha256,
         size,
     })
+}
+
+/// Opens a file for reading without blocking: opening a FIFO waits for a writer, and the file
+/// may have been replaced by one since the walk.
+#[cfg(unix)]
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_regular(path: &Path) -> io::Result<File> {
+    File::open(path)
+}
+
+/// Reads exactly `remaining` bytes (an early end is `UnexpectedEof`), and fails once `cancel`
+/// turns true.
+struct ExactReader<'a, R> {
+    inner: R,
+    remaining: u64,
+    cancel: &'a AtomicBool,
+}
+
+impl<R: Read> Read for ExactReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: copy loops retry that kind.
+            return Err(io::Error::other("packaging was cancelled"));
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file ended before its listed size",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Hashes and counts every byte written through it.

@@ -36,11 +36,14 @@ impl QueueInfo {
         }
     }
 
-    /// The largest vCPU count any of the queue's environments can reach.
+    /// The largest vCPU count any of the queue's environments can reach; `None` when that is not
+    /// known for every one of them (unmanaged environments have no limit Batch reports).
     pub fn max_vcpus(&self) -> Option<i32> {
         self.compute_environments
             .iter()
-            .filter_map(|c| c.max_vcpus)
+            .map(|c| c.max_vcpus)
+            .collect::<Option<Vec<i32>>>()?
+            .into_iter()
             .max()
     }
 }

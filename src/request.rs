@@ -8,8 +8,8 @@ use crate::image::{resolve_image, PythonVersion};
 use crate::s3url::S3Url;
 use crate::settings::{Key, Resolved, Settings};
 use crate::spec::{
-    invalid, parse_env_pair, BatchTarget, JobName, JobSpec, LocalTarget, MemoryMib, Resources,
-    Tags, Target, Vcpu,
+    invalid, parse_env_pair, parse_gpu, BatchTarget, JobName, JobSpec, LocalTarget, MemoryMib,
+    Resources, Tags, Target, Vcpu,
 };
 
 /// The options of `mfbatch run` that are not settings, as the user typed them.
@@ -57,10 +57,7 @@ pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, 
             .transpose()?
             .unwrap_or(defaults.memory),
         gpu: match options.gpu.as_deref() {
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| invalid("--gpu", v, "expected a whole number of GPUs, such as 1"))?,
+            Some(v) => parse_gpu("--gpu", v)?,
             None => 0,
         },
     };
@@ -172,10 +169,11 @@ fn batch_target(
     )?;
 
     let mut tags = Tags::default();
-    tags.insert("mfbatch", "mfbatch.version", env!("CARGO_PKG_VERSION"))?;
-    tags.insert("mfbatch", "mfbatch.script", &truncate(script, 256))?;
+    // Derived from file and user names, which may hold anything: made valid, never refused.
+    tags.insert_sanitized("mfbatch.version", env!("CARGO_PKG_VERSION"));
+    tags.insert_sanitized("mfbatch.script", script);
     if let Some(user) = user {
-        tags.insert("mfbatch", "mfbatch.user", &truncate(user, 256))?;
+        tags.insert_sanitized("mfbatch.user", user);
     }
     if let Some(r) = settings.resolved(Key::BatchDefaultTags) {
         tags.insert_json(&r.origin.to_string(), &r.value)?;
@@ -197,6 +195,14 @@ fn batch_target(
                     "--timeout",
                     t,
                     "AWS Batch needs at least 60 seconds",
+                ));
+            }
+            // Batch takes a 32-bit signed number of seconds (about 68 years).
+            if i32::try_from(secs).is_err() {
+                return Err(invalid(
+                    "--timeout",
+                    t,
+                    &format!("AWS Batch takes at most {} seconds", i32::MAX),
                 ));
             }
             Some(secs)
@@ -263,14 +269,10 @@ fn retries(options: &RunOptions) -> Result<crate::spec::Retries, ConfigError> {
 fn setting_error(key: Key, resolved: &Resolved, reason: String) -> ConfigError {
     ConfigError::InvalidSetting {
         key: key.name(),
-        value: resolved.value.clone(),
+        value: crate::settings::redact(key.name(), &resolved.value),
         origin: resolved.origin.to_string(),
         reason,
     }
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
 }
 
 /// Finds the package root and the script's path inside it.

@@ -4,14 +4,17 @@
 //!
 //! 1. a command-line flag (`--queue`, `--iam-role`, `--image`, `--datastore-root`, …)
 //! 2. the `METAFLOW_*` environment variable of the same name
-//! 3. the project file: `.metaflow/config.json` in the working directory or its nearest ancestor
+//! 3. the project file: `.metaflow/config.json` in the working directory or its nearest ancestor,
+//!    looking no higher than the repository root (a directory holding `.git`) or `$HOME`, and
+//!    only at a file owned by the user (or root) that no one else may write: a project file can
+//!    choose the image and the S3 endpoint, so a neighbour's file must not be able to
 //! 4. the profile file: `$METAFLOW_HOME/config.json`, or `config_<METAFLOW_PROFILE>.json` when
 //!    `METAFLOW_PROFILE` is set (`METAFLOW_HOME` defaults to `~/.metaflowconfig`)
 //! 5. the built-in default (some defaults derive from other settings, e.g. the data root)
 //!
 //! Keys are the environment-variable names, exactly as `metaflow configure aws` writes them, so a
 //! user's existing configuration works unchanged. mfbatch's own tuning keys (`MFBATCH_*`) follow
-//! the same order.
+//! the same order, and their ranges are checked here too.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -147,9 +150,33 @@ impl Sources {
     pub fn from_process(flags: BTreeMap<Key, String>) -> Self {
         Sources {
             flags,
-            env: std::env::vars().collect(),
+            env: utf8_environment(std::env::vars_os()),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         }
+    }
+}
+
+/// The environment entries whose name and value are both UTF-8. `std::env::vars` panics on any
+/// other, and one stray variable (a Latin-1 file name, say) must not stop every command; no
+/// setting mfbatch reads can be non-UTF-8 anyway.
+pub fn utf8_environment(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> BTreeMap<String, String> {
+    vars.into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// A project file that was found but not read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for IgnoredFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ignored {}: {}", self.path.display(), self.reason)
     }
 }
 
@@ -159,6 +186,8 @@ pub struct Settings {
     values: BTreeMap<Key, Resolved>,
     /// The config files that were read, in precedence order (project first).
     pub files_read: Vec<PathBuf>,
+    /// Project files that were found but not trusted; the caller should say so.
+    pub ignored_files: Vec<IgnoredFile>,
 }
 
 impl Settings {
@@ -170,21 +199,42 @@ impl Settings {
         self.values.get(&key)
     }
 
-    /// A whole number of milliseconds (for the `MFBATCH_*_MS` keys).
+    /// A whole number of milliseconds (for the `MFBATCH_*_MS` keys), within the key's range.
     pub fn millis(&self, key: Key) -> Result<Option<std::time::Duration>, ConfigError> {
         let Some(r) = self.values.get(&key) else {
             return Ok(None);
         };
-        r.value
+        let invalid = |reason: String| ConfigError::InvalidSetting {
+            key: key.name(),
+            value: r.value.clone(),
+            origin: r.origin.to_string(),
+            reason,
+        };
+        let ms: u64 = r
+            .value
             .trim()
             .parse()
-            .map(|ms| Some(std::time::Duration::from_millis(ms)))
-            .map_err(|_| ConfigError::InvalidSetting {
-                key: key.name(),
-                value: r.value.clone(),
-                origin: r.origin.to_string(),
-                reason: "expected a whole number of milliseconds".into(),
+            .map_err(|_| invalid("expected a whole number of milliseconds".into()))?;
+        if let Some(range) = millis_range(key) {
+            if !range.contains(&ms) {
+                return Err(invalid(format!(
+                    "expected {} to {} milliseconds",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
+        Ok(Some(std::time::Duration::from_millis(ms)))
+    }
+
+    /// The keys whose value came from the project file, with that file.
+    pub fn from_project_file(&self) -> Vec<(Key, &Path)> {
+        self.entries()
+            .filter_map(|(key, r)| match &r?.origin {
+                Origin::ProjectFile(path) => Some((key, path.as_path())),
+                _ => None,
             })
+            .collect()
     }
 
     /// The value of a required key, or an error that says where it can be set.
@@ -210,9 +260,30 @@ pub const DEFAULT_POLL_MIN_MS: u64 = 1_000;
 /// Built-in default suffixes of files that go into the package, as in Metaflow.
 pub const DEFAULT_PACKAGE_SUFFIXES: &str = ".py,.R,.RDS";
 
+/// The values a tuning key may take (ms). Outside them the tracker misbehaves: a fastest poll over
+/// a sixth of its slowest one (30 s) inverts its bounds, and a drain longer than its hard limit
+/// (60 s) only keeps a finished run waiting.
+pub fn millis_range(key: Key) -> Option<std::ops::RangeInclusive<u64>> {
+    match key {
+        Key::PollMinMs => Some(1..=5_000),
+        Key::DrainQuietMs => Some(1..=60_000),
+        _ => None,
+    }
+}
+
 /// Resolves every key by the precedence written at the top of this module.
 pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
-    let project_path = find_project_file(&sources.cwd);
+    let mut ignored_files = Vec::new();
+    let project_path =
+        find_project_file(&sources.cwd, home_dir(&sources.env).as_deref()).and_then(|path| {
+            match untrusted(&path) {
+                None => Some(path),
+                Some(reason) => {
+                    ignored_files.push(IgnoredFile { path, reason });
+                    None
+                }
+            }
+        });
     let project = match &project_path {
         Some(path) => Some(read_config_file(path)?),
         None => None,
@@ -223,7 +294,10 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
         None => None,
     };
 
-    let mut settings = Settings::default();
+    let mut settings = Settings {
+        ignored_files,
+        ..Settings::default()
+    };
     settings.files_read.extend(project_path.iter().cloned());
     settings.files_read.extend(profile_path.iter().cloned());
 
@@ -259,6 +333,10 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
         if let Some((value, origin)) = found {
             settings.values.insert(key, Resolved { value, origin });
         }
+    }
+    // Checked now, so a bad value stops every command before its first AWS call.
+    for key in [Key::DrainQuietMs, Key::PollMinMs] {
+        settings.millis(key)?;
     }
     Ok(settings)
 }
@@ -296,11 +374,56 @@ fn cache_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
         .map(|h| Path::new(h).join(".cache"))
 }
 
-/// The nearest `.metaflow/config.json` at or above `cwd`.
-fn find_project_file(cwd: &Path) -> Option<PathBuf> {
-    cwd.ancestors()
-        .map(|dir| dir.join(".metaflow").join("config.json"))
-        .find(|p| p.is_file())
+fn home_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    env.get("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).canonicalize().unwrap_or_else(|_| h.into()))
+}
+
+/// The nearest `.metaflow/config.json` at or above `cwd`, up to the repository root (a directory
+/// holding `.git`) or `home`, whichever comes first. Directories above the project (`/tmp`,
+/// `/shared`) belong to other people: a file there must not configure this user's jobs.
+fn find_project_file(cwd: &Path, home: Option<&Path>) -> Option<PathBuf> {
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(".metaflow").join("config.json");
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+        if dir.join(".git").exists() || home == Some(dir) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Why a project file may not be trusted: someone else owns it or may write it.
+#[cfg(unix)]
+fn untrusted(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(e.to_string()),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if metadata.uid() != me && metadata.uid() != 0 {
+        return Some(format!(
+            "owned by uid {}, not by you (uid {me}); a project file chooses the image and S3 endpoint",
+            metadata.uid()
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Some(format!(
+            "writable by others (mode {:o}); run `chmod go-w` on it to use it",
+            metadata.mode() & 0o777
+        ));
+    }
+    None
+}
+
+#[cfg(not(unix))]
+fn untrusted(_: &Path) -> Option<String> {
+    None
 }
 
 /// The profile file to read, if any. A named profile must exist; the default one may not.
@@ -359,9 +482,83 @@ fn read_config_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError
         .collect())
 }
 
-/// Whether a value should be hidden when settings are shown.
+/// Whether a variable's name says its value is a secret (case-insensitive).
 pub fn is_secret(name: &str) -> bool {
-    ["SECRET", "TOKEN", "PASSWORD", "AUTH_KEY", "API_KEY"]
-        .iter()
-        .any(|s| name.contains(s))
+    let upper = name.to_ascii_uppercase();
+    [
+        "SECRET",
+        "TOKEN",
+        "PASSWORD",
+        "PASSWD",
+        "PASSPHRASE",
+        "CREDENTIAL",
+        "PRIVATE_KEY",
+        "AUTH_KEY",
+        "API_KEY",
+        "ACCESS_KEY",
+        "SESSION_KEY",
+    ]
+    .iter()
+    .any(|s| upper.contains(s))
+}
+
+/// What may be shown of a variable or setting: nothing of it when its name looks secret, else
+/// the value with any password in a `scheme://user:password@host` URL hidden. The one function
+/// for every environment and setting mfbatch prints (config, dry runs, error messages).
+pub fn redact(name: &str, value: &str) -> String {
+    if is_secret(name) {
+        return REDACTED.to_owned();
+    }
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return value.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
+        None => value.to_owned(),
+    }
+}
+
+/// What a hidden value is shown as.
+pub const REDACTED: &str = "********";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_secret_names_and_url_passwords() {
+        assert_eq!(redact("DB_PASSWORD", "hunter2"), REDACTED);
+        assert_eq!(redact("github_token", "ghp_x"), REDACTED);
+        assert_eq!(redact("AWS_SECRET_ACCESS_KEY", "x"), REDACTED);
+        assert_eq!(
+            redact(
+                "METAFLOW_S3_ENDPOINT_URL",
+                "https://jane:hunter2@s3.example.com/x"
+            ),
+            "https://jane:********@s3.example.com/x"
+        );
+        assert_eq!(redact("MODE", "fast"), "fast");
+        assert_eq!(
+            redact("URL", "https://s3.example.com"),
+            "https://s3.example.com"
+        );
+    }
+
+    #[test]
+    fn non_utf8_environment_entries_are_skipped() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let env = utf8_environment([
+            (OsString::from("GOOD"), OsString::from("yes")),
+            (OsString::from("BAD"), OsString::from_vec(vec![0xff, 0xfe])),
+            (OsString::from_vec(vec![b'X', 0xff]), OsString::from("v")),
+        ]);
+        assert_eq!(
+            env.into_iter().collect::<Vec<_>>(),
+            [("GOOD".into(), "yes".into())]
+        );
+    }
 }

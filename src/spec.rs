@@ -10,6 +10,29 @@ use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::s3url::S3Url;
 
+/// The largest requests any AWS Batch job can be given, with headroom: the largest EC2 instances
+/// have 1,920 vCPUs, 32 TiB of memory and 16 GPUs. Larger numbers are typing mistakes that Batch
+/// would only refuse at SubmitJob, after the upload.
+pub const MAX_VCPU: f64 = 4096.0;
+pub const MAX_MEMORY_MIB: u64 = 32 * 1024 * 1024;
+pub const MAX_GPU: u32 = 64;
+
+/// Parses `--gpu`: a whole number of GPUs, at most [`MAX_GPU`].
+pub fn parse_gpu(flag: &'static str, text: &str) -> Result<u32, ConfigError> {
+    let gpu: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| invalid(flag, text, "expected a whole number of GPUs, such as 1"))?;
+    if gpu > MAX_GPU {
+        return Err(invalid(
+            flag,
+            text,
+            &format!("AWS Batch offers at most {MAX_GPU} GPUs to a job"),
+        ));
+    }
+    Ok(gpu)
+}
+
 /// Number of vCPUs; Batch accepts fractions on Fargate (0.25, 0.5, …).
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Vcpu(f64);
@@ -25,6 +48,13 @@ impl Vcpu {
         })?;
         if !value.is_finite() || value <= 0.0 {
             return Err(invalid(flag, text, "must be greater than 0"));
+        }
+        if value > MAX_VCPU {
+            return Err(invalid(
+                flag,
+                text,
+                &format!("AWS Batch offers at most {MAX_VCPU} vCPUs to a job"),
+            ));
         }
         // Batch takes quarter vCPUs at the finest.
         if (value * 4.0).fract() != 0.0 {
@@ -57,6 +87,13 @@ impl MemoryMib {
             .map_err(|_| invalid(flag, text, "expected a whole number of MiB, such as 4096"))?;
         if value == 0 {
             return Err(invalid(flag, text, "must be greater than 0"));
+        }
+        if value > MAX_MEMORY_MIB {
+            return Err(invalid(
+                flag,
+                text,
+                &format!("AWS Batch offers at most {MAX_MEMORY_MIB} MiB (32 TiB) to a job"),
+            ));
         }
         Ok(MemoryMib(value))
     }
@@ -157,6 +194,8 @@ pub fn parse_env_pair(text: &str) -> Result<(String, String), ConfigError> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| invalid("--env", text, "expected KEY=VALUE"))?;
+    // Errors show the pair, so a secret value is hidden in them as everywhere else.
+    let text = &format!("{key}={}", crate::settings::redact(key, value));
     let valid = key
         .chars()
         .next()
@@ -188,8 +227,15 @@ pub const MAX_TAGS: usize = 50;
 const MAX_TAG_KEY: usize = 128;
 const MAX_TAG_VALUE: usize = 256;
 
+/// Whether AWS accepts a character in a tag key or value: letters, digits, spaces and
+/// `_ . : / = + - @`.
+pub fn is_tag_char(c: char) -> bool {
+    c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c)
+}
+
 impl Tags {
-    /// Adds one tag, checking AWS's rules. `source` names the flag or variable for the message.
+    /// Adds one tag the user chose, checking AWS's rules (a tag SubmitJob would refuse must fail
+    /// before anything is uploaded). `source` names the flag or variable for the message.
     pub fn insert(
         &mut self,
         source: &'static str,
@@ -210,8 +256,29 @@ impl Tags {
         if key.to_ascii_lowercase().starts_with("aws:") {
             return Err(invalid(source, &shown, "the aws: prefix is reserved"));
         }
+        if let Some(bad) = key.chars().chain(value.chars()).find(|c| !is_tag_char(*c)) {
+            return Err(invalid(
+                source,
+                &shown,
+                &format!(
+                    "{bad:?} is not allowed in a tag: use letters, digits, spaces and _ . : / = + - @"
+                ),
+            ));
+        }
         self.0.insert(key.to_owned(), value.to_owned());
         Ok(())
+    }
+
+    /// Adds a tag mfbatch derives itself (script, user), made valid instead of refused: every
+    /// character AWS does not take becomes `_`, and the value is cut to 256 characters.
+    pub fn insert_sanitized(&mut self, key: &'static str, value: &str) {
+        debug_assert!(key.chars().all(is_tag_char) && !key.starts_with("aws:"));
+        let value: String = value
+            .chars()
+            .map(|c| if is_tag_char(c) { c } else { '_' })
+            .take(MAX_TAG_VALUE)
+            .collect();
+        self.0.insert(key.to_owned(), value);
     }
 
     /// Parses `KEY=VALUE` for `--tag`.
@@ -261,8 +328,7 @@ impl Tags {
     pub fn check_count(&self, extra: usize) -> Result<(), ConfigError> {
         let total = self.0.len() + extra;
         if total > MAX_TAGS {
-            return Err(ConfigError::OverLimit {
-                what: "the number of tags (job and job definition together)".into(),
+            return Err(ConfigError::TooManyTags {
                 actual: total,
                 limit: MAX_TAGS,
             });
@@ -433,5 +499,37 @@ mod tests {
         assert!(tags.insert_json("environment", "[1]").is_err());
         assert!(tags.check_count(47).is_ok());
         assert!(tags.check_count(48).is_err());
+        for bad in ["k=v(1)", "k(1)=v", "k=CORP\\jane", "k=a,b", "k=x;y"] {
+            assert!(tags.insert_pair(bad).is_err(), "{bad}");
+        }
+        for good in ["k=v 1", "cost-center=ml/team:a+b=c@d_e.f", "équipe=données"] {
+            tags.insert_pair(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn derived_tags_are_made_valid() {
+        let mut tags = Tags::default();
+        tags.insert_sanitized("mfbatch.script", "train(v2).py");
+        tags.insert_sanitized("mfbatch.user", "CORP\\jane");
+        tags.insert_sanitized("mfbatch.long", &"x".repeat(300));
+        let got: BTreeMap<_, _> = tags.iter().collect();
+        assert_eq!(got[&"mfbatch.script".to_owned()], "train_v2_.py");
+        assert_eq!(got[&"mfbatch.user".to_owned()], "CORP_jane");
+        assert_eq!(got[&"mfbatch.long".to_owned()].len(), 256);
+    }
+
+    #[test]
+    fn resources_have_sane_upper_bounds() {
+        assert!(Vcpu::parse("--cpu", "4096").is_ok());
+        for bad in ["1e300", "4096.25", "100000"] {
+            assert!(Vcpu::parse("--cpu", bad).is_err(), "{bad}");
+        }
+        assert!(MemoryMib::parse("--memory", "33554432").is_ok());
+        assert!(MemoryMib::parse("--memory", "99999999999999").is_err());
+        assert_eq!(parse_gpu("--gpu", "8").unwrap(), 8);
+        for bad in ["4000000000", "65", "-1", "x"] {
+            assert!(parse_gpu("--gpu", bad).is_err(), "{bad}");
+        }
     }
 }

@@ -379,3 +379,281 @@ async fn config_shows_each_value_and_where_it_came_from() {
     assert!(doc["METAFLOW_ECS_FARGATE_EXECUTION_ROLE"]["value"].is_null());
     assert_eq!(fake.total_calls(), 0, "config asks AWS nothing");
 }
+
+/// Spawns `mfbatch ARGS` in the project with the fake's environment, for tests that signal it.
+fn spawn(cli: &Cli, fake: &FakeAws, args: &[&str]) -> std::process::Child {
+    spawn_with(cli, fake, args, |_| {})
+}
+
+/// [`spawn`], with `adjust` changing the command first (e.g. an environment `Cli` cannot hold).
+fn spawn_with(
+    cli: &Cli,
+    fake: &FakeAws,
+    args: &[&str],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mfbatch"));
+    command
+        .args(args)
+        .current_dir(cli.work())
+        .env_clear()
+        .envs(fake.cli_env(cli.home()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    adjust(&mut command);
+    command.spawn().expect("spawn mfbatch")
+}
+
+#[tokio::test]
+async fn the_first_sigterm_while_packaging_a_local_run_leaves_at_once() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    // 4 GiB of zeros without using the disk: packaging it takes many seconds.
+    let big = std::fs::File::create(cli.work().join("big.py")).unwrap();
+    big.set_len(4 << 30).unwrap();
+    drop(big);
+
+    let mut child = spawn(&cli, &fake, &["run", "--local", "step.py"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("mfbatch did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let waited = signalled.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("the step did not start"), "{stderr}");
+    assert!(!stderr.contains("Packaged"), "{stderr}");
+    assert!(waited < Duration::from_secs(3), "took {waited:?} to leave");
+}
+
+#[tokio::test]
+async fn dry_run_hides_secret_env_values_and_warns_about_them() {
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    let out = cli.run(&[
+        "run",
+        "--dry-run",
+        "--env",
+        "DB_PASSWORD=hunter2",
+        "--env",
+        "MODE=fast",
+        "step.py",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(has_env(&doc["submitJob"], "DB_PASSWORD", "********"));
+    assert!(has_env(&doc["submitJob"], "MODE", "fast"));
+    assert!(
+        out.stderr.contains("DB_PASSWORD") && out.stderr.contains("batch:DescribeJobs"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hunter2"));
+
+    // A real run still sends the value: only what is printed is redacted.
+    let out = cli.run(&["run", "--detach", "--env", "DB_PASSWORD=hunter2", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(has_env(&fake.jobs()[0].submit, "DB_PASSWORD", "hunter2"));
+}
+
+#[tokio::test]
+async fn run_names_the_settings_a_project_file_chose_and_ignores_one_others_may_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    let file = cli.write(
+        ".metaflow/config.json",
+        r#"{"METAFLOW_DEFAULT_PACKAGE_SUFFIXES": ".py,.sql"}"#,
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    cli.write("query.sql", "select 1");
+    let out = cli.run(&["run", "--dry-run", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(
+        out.stderr.contains("Settings from project file")
+            && out.stderr.contains("METAFLOW_DEFAULT_PACKAGE_SUFFIXES"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("query.sql"));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = cli.run(&["run", "--dry-run", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(
+        out.stderr.contains("warning: ignored") && out.stderr.contains("writable by others"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("Settings from project file"));
+    assert!(!out.stdout.contains("query.sql"), "the file was not used");
+}
+
+#[tokio::test]
+async fn a_non_utf8_environment_variable_does_not_stop_any_command() {
+    use std::os::unix::ffi::OsStrExt;
+    let fake = FakeAws::start().await;
+    let cli = project(&fake);
+    for args in [&["config"][..], &["run", "--dry-run", "step.py"][..]] {
+        let mut child = spawn_with(&cli, &fake, args, |c| {
+            c.env("LATIN1_DIR", std::ffi::OsStr::from_bytes(b"/srv/caf\xe9"));
+        });
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_values_exit_2_naming_the_flag_or_variable_before_any_aws_call() {
+    let fake = FakeAws::start().await;
+    let many_tags: Vec<String> = (0..48)
+        .flat_map(|i| ["--tag".into(), format!("t{i}=v")])
+        .collect();
+    // (environment to set, arguments, what stderr must name, what it must not say)
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Vec<&'a str>,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (vec![], vec!["--timeout", "4294967396"], "--timeout", None),
+        (vec![], vec!["--timeout", "2147483648"], "--timeout", None),
+        (vec![], vec!["--cpu", "1e300"], "--cpu", None),
+        (vec![], vec!["--memory", "99999999999999"], "--memory", None),
+        (vec![], vec!["--gpu", "4000000000"], "--gpu", None),
+        (vec![], vec!["--tag", "k=v(1)"], "--tag", None),
+        (vec![], vec!["--tag", "team=a,b"], "--tag", None),
+        (
+            vec![("METAFLOW_BATCH_DEFAULT_TAGS", r#"{"cost": "x;y"}"#)],
+            vec![],
+            "METAFLOW_BATCH_DEFAULT_TAGS",
+            None,
+        ),
+        (
+            vec![],
+            many_tags.iter().map(String::as_str).collect(),
+            "--tag",
+            Some("--env"),
+        ),
+        (
+            vec![("MFBATCH_POLL_MIN_MS", "60000")],
+            vec![],
+            "MFBATCH_POLL_MIN_MS",
+            None,
+        ),
+        (
+            vec![("MFBATCH_DRAIN_QUIET_MS", "18446744073709551615")],
+            vec![],
+            "MFBATCH_DRAIN_QUIET_MS",
+            None,
+        ),
+        (
+            vec![("AWS_REGION", "us east 1")],
+            vec![],
+            "region",
+            Some("credentials"),
+        ),
+        (
+            vec![("AWS_REGION", "not-a-region!")],
+            vec![],
+            "AWS_REGION",
+            Some("credentials"),
+        ),
+    ];
+    for (env, extra, names, never) in cases {
+        let mut cli = project(&fake);
+        for (k, v) in &env {
+            cli.set_env(k, v);
+        }
+        let mut args = vec!["run", "--detach"];
+        args.extend(extra.iter().copied());
+        args.push("step.py");
+        let out = cli.run(&args);
+        let context = format!("{env:?} {extra:?}: {}", out.render());
+        assert_eq!(out.code, Some(2), "{context}");
+        assert!(out.stderr.contains(names), "{context}");
+        if let Some(never) = never {
+            assert!(!out.stderr.contains(never), "{context}");
+        }
+        assert_eq!(fake.total_calls(), 0, "{context}");
+    }
+}
+
+#[tokio::test]
+async fn tags_derived_from_the_script_and_user_are_made_valid() {
+    let fake = FakeAws::start().await;
+    let mut cli = project(&fake);
+    cli.write("train(v2).py", "print('hi')\n");
+    cli.set_env("METAFLOW_USER", "CORP\\jane");
+    let out = cli.run(&["run", "--detach", "train(v2).py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let tags = fake.jobs()[0].submit["tags"].clone();
+    assert_eq!(tags["mfbatch.script"], "train_v2_.py", "{tags}");
+    assert_eq!(tags["mfbatch.user"], "CORP_jane", "{tags}");
+    for (key, value) in tags.as_object().unwrap() {
+        let text = format!("{key}{}", value.as_str().unwrap());
+        assert!(
+            text.chars().all(mfbatch::spec::is_tag_char),
+            "{key}={value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_s3_endpoint_from_the_aws_environment_reaches_the_job() {
+    let fake = FakeAws::start().await;
+    let mut cli = project(&fake);
+    // The service-specific variable wins over AWS_ENDPOINT_URL, for the upload and the job alike.
+    cli.set_env("AWS_ENDPOINT_URL_S3", &fake.uri());
+    cli.set_env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    cli.set_env("AWS_ENDPOINT_URL_BATCH", &fake.uri());
+    let out = cli.run(&["run", "--detach", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    let submit = &fake.jobs()[0].submit;
+    assert!(
+        has_env(submit, "METAFLOW_S3_ENDPOINT_URL", &fake.uri()),
+        "{:?}",
+        env_of(submit)
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_without_s3_list_bucket_still_plans_and_says_why() {
+    let fake = FakeAws::start().await;
+    fake.fail_always("HeadObject", Fault::AccessDenied);
+    let cli = project(&fake);
+    let out = cli.run(&["run", "--dry-run", "step.py"]);
+    assert_eq!(out.code, Some(0), "{}", out.render());
+    assert!(out.stderr.contains("s3:ListBucket"), "{}", out.stderr);
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["package"]["alreadyStored"], false);
+    assert!(fake.mutating_calls().is_empty());
+}

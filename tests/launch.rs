@@ -919,3 +919,280 @@ async fn the_dry_run_bodies_are_exactly_what_is_sent() {
         planned_definition
     );
 }
+
+#[tokio::test]
+async fn more_vcpus_than_any_compute_environment_has_is_a_usage_error_before_any_upload() {
+    let fake = FakeAws::start().await;
+    fake.add_queue(
+        QueueSpec::new("small")
+            .compute_environment("a", "EC2", 8)
+            .compute_environment("b", "SPOT", 16),
+    );
+    let dir = project();
+    let env = [("METAFLOW_BATCH_JOB_QUEUE", Some("small"))];
+    let options = |cpu: &str| RunOptions {
+        cpu: Some(cpu.into()),
+        ..Default::default()
+    };
+    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("32"))).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LaunchError::Config(ConfigError::InvalidFlag { flag: "--cpu", reason, .. })
+                if reason.contains("16 vCPUs")
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_usage());
+    assert!(
+        fake.mutating_calls().is_empty(),
+        "{:?}",
+        fake.mutating_calls()
+    );
+
+    // As much as the largest environment offers is fine.
+    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("16"))).await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn the_s3_endpoint_of_the_upload_is_given_to_the_job() {
+    let fake = FakeAws::start().await;
+    let dir = project();
+    // The fake's clients have their endpoint from the SDK configuration (as AWS_ENDPOINT_URL
+    // gives it), not from METAFLOW_S3_ENDPOINT_URL.
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    result.unwrap();
+    let env = environment(&fake.requests("SubmitJob")[0]);
+    assert_eq!(env["METAFLOW_S3_ENDPOINT_URL"], fake.uri());
+
+    // A METAFLOW_S3_ENDPOINT_URL the user chose (setting or --env) is kept, once.
+    let endpoints = |submit: &Value| -> Vec<String> {
+        name_values(&submit["containerOverrides"]["environment"])
+            .into_iter()
+            .filter(|(n, _)| n == "METAFLOW_S3_ENDPOINT_URL")
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let own = [(
+        "METAFLOW_S3_ENDPOINT_URL",
+        Some("http://own.example.com:9000"),
+    )];
+    let (result, _) = launch(&fake, spec_with(dir.path(), &own, RunOptions::default())).await;
+    result.unwrap();
+    let submit = fake.requests("SubmitJob").pop().unwrap();
+    assert_eq!(endpoints(&submit), ["http://own.example.com:9000"]);
+    let options = RunOptions {
+        env: vec!["METAFLOW_S3_ENDPOINT_URL=http://from-env-flag:9000".into()],
+        ..Default::default()
+    };
+    let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+    result.unwrap();
+    let submit = fake.requests("SubmitJob").pop().unwrap();
+    assert_eq!(endpoints(&submit), ["http://from-env-flag:9000"]);
+}
+
+#[tokio::test]
+async fn a_forbidden_head_object_means_unknown_and_the_conditional_put_decides() {
+    let fake = FakeAws::start().await;
+    // Without s3:ListBucket, HeadObject on a missing key answers 403.
+    fake.fail_always("HeadObject", Fault::AccessDenied);
+    let dir = project();
+    let clients = fake.clients();
+    let prepared = launch::prepare(spec(dir.path()), &mfbatch::event::discard())
+        .await
+        .unwrap();
+    let plan = launch::plan(&clients, &prepared)
+        .await
+        .expect("not an error");
+    assert!(!plan.package_present);
+    let warning = format!("{:?}", plan.warnings);
+    assert!(warning.contains("s3:ListBucket"), "{warning}");
+    launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    assert_eq!(fake.calls("PutObject"), 1);
+    assert_eq!(fake.object_keys(BUCKET).len(), 1);
+
+    // Already stored: the conditional put answers 412, which is success.
+    let plan = launch::plan(&clients, &prepared).await.unwrap();
+    launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    assert_eq!(fake.calls("PutObject"), 2);
+    assert_eq!(fake.jobs().len(), 2);
+}
+
+#[tokio::test]
+async fn a_multipart_upload_abandoned_mid_way_is_aborted() {
+    use mfbatch::store::{PackageStore, S3Store};
+    let fake = FakeAws::start().await;
+    let dir = project();
+    write_file(dir.path(), "big.py", incompressible(17 << 20, 4));
+    let prepared = launch::prepare(spec(dir.path()), &mfbatch::event::discard())
+        .await
+        .unwrap();
+    let store = S3Store::new(
+        fake.clients().s3.clone(),
+        mfbatch::s3url::S3Url::parse(SYSROOT).unwrap(),
+    );
+    let first_part = Arc::new(tokio::sync::Notify::new());
+    let progress = {
+        let first_part = first_part.clone();
+        move |_, _| first_part.notify_one()
+    };
+    // An interrupt after the first part: the upload's future is dropped mid-way.
+    tokio::select! {
+        result = store.put(&prepared.package, &progress) => panic!("finished: {result:?}"),
+        _ = first_part.notified() => {}
+    }
+    mfbatch::store::abort_abandoned_uploads(std::time::Duration::from_secs(10)).await;
+    assert_eq!(fake.calls("CreateMultipartUpload"), 1);
+    assert_eq!(fake.calls("CompleteMultipartUpload"), 0);
+    assert_eq!(fake.calls("AbortMultipartUpload"), 1);
+    assert_eq!(fake.open_uploads(), 0, "no parts are left to be billed");
+}
+
+#[tokio::test]
+async fn an_answer_without_an_upload_id_is_an_error_not_an_empty_id() {
+    let fake = FakeAws::start().await;
+    // A 200 whose body holds no UploadId.
+    fake.fail_always(
+        "CreateMultipartUpload",
+        Fault::Raw {
+            status: 200,
+            body: format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<InitiateMultipartUploadResult><Bucket>{BUCKET}</Bucket><Key>k</Key></InitiateMultipartUploadResult>"
+            ),
+        },
+    );
+    let dir = project();
+    write_file(dir.path(), "big.py", incompressible(17 << 20, 5));
+    let (result, _) = launch(&fake, spec(dir.path())).await;
+    match result.unwrap_err() {
+        LaunchError::Store(StoreError::Aws(e)) => {
+            assert_eq!(e.call, "CreateMultipartUpload");
+            assert!(format!("{e:?}").contains("UploadId"), "{e:?}");
+        }
+        other => panic!("unexpected error: {other:?}"),
+    }
+    assert_eq!(
+        fake.calls("UploadPart"),
+        0,
+        "no part is sent with an empty id"
+    );
+    assert_eq!(fake.calls("SubmitJob"), 0);
+}
+
+/// Registers a revision under `name` as someone else in the account could: the definition
+/// mfbatch would register, changed by `tamper`.
+async fn register_lookalike(
+    fake: &FakeAws,
+    def: &mfbatch::jobdef::JobDefinition,
+    tamper: impl FnOnce(
+        aws_sdk_batch::types::builders::ContainerPropertiesBuilder,
+    ) -> aws_sdk_batch::types::builders::ContainerPropertiesBuilder,
+) -> String {
+    use aws_sdk_batch::types::{
+        ContainerProperties, JobDefinitionType, KeyValuePair, PlatformCapability,
+        ResourceRequirement, ResourceType,
+    };
+    let p = &def.container_properties;
+    let mut props = ContainerProperties::builder()
+        .image(&p.image)
+        .job_role_arn(&p.job_role_arn)
+        .set_command(Some(p.command.clone()));
+    for kv in &p.environment {
+        props = props.environment(
+            KeyValuePair::builder()
+                .name(&kv.name)
+                .value(&kv.value)
+                .build(),
+        );
+    }
+    for r in &p.resource_requirements {
+        props = props.resource_requirements(
+            ResourceRequirement::builder()
+                .r#type(ResourceType::from(r.kind))
+                .value(&r.value)
+                .build(),
+        );
+    }
+    let out = fake
+        .clients()
+        .batch
+        .register_job_definition()
+        .job_definition_name(&def.job_definition_name)
+        .r#type(JobDefinitionType::Container)
+        .container_properties(tamper(props).build())
+        .platform_capabilities(PlatformCapability::Ec2)
+        .propagate_tags(true)
+        .send()
+        .await
+        .unwrap();
+    out.job_definition_arn().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_revision_with_our_name_but_other_content_is_not_reused() {
+    use aws_sdk_batch::types::{MountPoint, Volume};
+    let fake = FakeAws::start().await;
+    let dir = project();
+    let clients = fake.clients();
+    let prepared = launch::prepare(spec(dir.path()), &mfbatch::event::discard())
+        .await
+        .unwrap();
+    let def = launch::plan(&clients, &prepared)
+        .await
+        .unwrap()
+        .job_definition;
+
+    // Someone registers look-alikes: another image, and the same content plus a host volume.
+    register_lookalike(&fake, &def, |p| p.image("evil/image:latest")).await;
+    register_lookalike(&fake, &def, |p| {
+        p.volumes(
+            Volume::builder()
+                .name("host")
+                .host(
+                    aws_sdk_batch::types::Host::builder()
+                        .source_path("/")
+                        .build(),
+                )
+                .build(),
+        )
+        .mount_points(
+            MountPoint::builder()
+                .source_volume("host")
+                .container_path("/host")
+                .build(),
+        )
+    })
+    .await;
+    let plan = launch::plan(&clients, &prepared).await.unwrap();
+    assert!(
+        plan.existing_definition.is_none(),
+        "{:?}",
+        plan.existing_definition
+    );
+    let submitted = launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    assert!(submitted.job_definition.newly_registered);
+    assert_eq!(submitted.job_definition.revision, 3);
+    assert_eq!(fake.jobs()[0].definition, submitted.job_definition.arn);
+
+    // A newer look-alike does not hide the matching revision, which is reused.
+    register_lookalike(&fake, &def, |p| p.command("sh")).await;
+    let plan = launch::plan(&clients, &prepared).await.unwrap();
+    let reused = plan
+        .existing_definition
+        .clone()
+        .expect("the matching revision");
+    assert_eq!(reused.revision, 3);
+    launch::execute(&clients, &prepared, plan, &mfbatch::event::discard())
+        .await
+        .unwrap();
+    assert_eq!(fake.calls("RegisterJobDefinition"), 1 + 3);
+    assert_eq!(fake.jobs()[1].definition, reused.arn);
+}

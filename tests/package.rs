@@ -290,3 +290,147 @@ fn the_archive_has_fixed_owner_time_and_modes() {
     ];
     assert_eq!(seen, want.map(|(p, m)| (p.to_owned(), m)));
 }
+
+/// A built package's entries: `(path, bytes)`.
+fn entries(tgz: &Path) -> Vec<(String, Vec<u8>)> {
+    let gz = flate2::read::GzDecoder::new(fs::File::open(tgz).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (e.path().unwrap().display().to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_that_changes_size_after_the_walk_fails_the_build() {
+    for (name, change) in [
+        ("shrank", b"short".as_slice()),
+        ("grew", b"a good deal longer than it was".as_slice()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "step.py", "print('hi')\n");
+        let data = write_file(dir.path(), "data.py", "twelve bytes");
+        let manifest = collect(dir.path(), &SuffixFilter::parse(".py")).unwrap();
+        fs::write(&data, change).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let err = package::build(&manifest, &out.path().join("p.tgz")).unwrap_err();
+        assert!(
+            matches!(&err, mfbatch::error::PackageError::Changed { path, reason }
+                if path.ends_with("data.py") && reason.contains(name)),
+            "{name}: {err:?}"
+        );
+    }
+    // Unchanged, the same manifest builds and holds exactly the bytes.
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "data.py", "twelve bytes");
+    let manifest = collect(dir.path(), &SuffixFilter::parse(".py")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let built = package::build(&manifest, &out.path().join("p.tgz")).unwrap();
+    assert_eq!(
+        entries(&built.path),
+        [("data.py".to_owned(), b"twelve bytes".to_vec())]
+    );
+}
+
+#[test]
+fn fifos_and_other_special_files_are_skipped_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "step.py", "print('hi')\n");
+    let fifo = dir.path().join("pipe.py");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    symlink("pipe.py", dir.path().join("link_to_pipe.py")).unwrap();
+
+    let manifest = collect(dir.path(), &SuffixFilter::parse(".py")).unwrap();
+    assert_eq!(paths(&manifest), ["step.py"]);
+    assert_eq!(
+        manifest.skipped,
+        [
+            skipped("link_to_pipe.py", SkipReason::NotRegularFile),
+            skipped("pipe.py", SkipReason::NotRegularFile),
+        ]
+    );
+
+    // A file replaced by a FIFO after the walk fails the build instead of blocking it.
+    let mut manifest = collect(dir.path(), &SuffixFilter::parse(".py")).unwrap();
+    manifest.files[0].source = fifo;
+    let out = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = out.path().join("p.tgz");
+    std::thread::spawn(move || {
+        let _ = tx.send(package::build(&manifest, &target).map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the build does not block on a FIFO");
+    assert!(
+        matches!(result, Err(mfbatch::error::PackageError::Changed { .. })),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn names_that_are_not_utf8_are_skipped_and_never_merged() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "step.py", "print('hi')\n");
+    // Latin-1 "café.py" and "cafè.py": both would be "caf\u{FFFD}.py" if converted lossily.
+    for name in [b"caf\xe9.py".as_slice(), b"caf\xe8.py".as_slice()] {
+        fs::write(dir.path().join(OsStr::from_bytes(name)), name).unwrap();
+    }
+    fs::create_dir(dir.path().join(OsStr::from_bytes(b"d\xff"))).unwrap();
+    fs::write(
+        dir.path().join(OsStr::from_bytes(b"d\xff")).join("in.py"),
+        "x",
+    )
+    .unwrap();
+
+    let manifest = collect(dir.path(), &SuffixFilter::parse(".py")).unwrap();
+    assert_eq!(paths(&manifest), ["step.py"]);
+    assert_eq!(manifest.skipped.len(), 3, "{:?}", manifest.skipped);
+    assert!(manifest
+        .skipped
+        .iter()
+        .all(|s| s.reason == SkipReason::NonUtf8Name));
+}
+
+#[test]
+fn two_files_behind_one_archive_path_fail_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "a.py", "a");
+    write_file(dir.path(), "b.py", "b");
+    let mut manifest = collect(dir.path(), &SuffixFilter::parse(".py")).unwrap();
+    manifest.files[1].path = "a.py".into();
+    let out = tempfile::tempdir().unwrap();
+    let err = package::build(&manifest, &out.path().join("p.tgz")).unwrap_err();
+    assert!(
+        matches!(&err, mfbatch::error::PackageError::DuplicatePath { path, .. } if path == "a.py"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn packaging_stops_when_cancelled() {
+    use std::sync::atomic::AtomicBool;
+    let dir = sample_tree();
+    let cancel = AtomicBool::new(true);
+    let filter = SuffixFilter::parse(DEFAULT_SUFFIXES);
+    assert!(matches!(
+        package::collect_cancellable(dir.path(), &filter, &cancel),
+        Err(mfbatch::error::PackageError::Cancelled)
+    ));
+    let manifest = collect(dir.path(), &filter).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        package::build_cancellable(&manifest, &out.path().join("p.tgz"), &cancel),
+        Err(mfbatch::error::PackageError::Cancelled)
+    ));
+}

@@ -40,7 +40,10 @@ impl Machine {
     }
 
     fn project_file(&self, json: &str) -> PathBuf {
-        write_file(&self.project, ".metaflow/config.json", json)
+        let path = write_file(&self.project, ".metaflow/config.json", json);
+        // Whatever the umask: only files no one else may write are read.
+        set_mode(&path, 0o644);
+        path
     }
 
     fn profile_file(&self, name: &str, json: &str) -> PathBuf {
@@ -57,6 +60,11 @@ impl Machine {
             cwd: self.cwd.clone(),
         }
     }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn home_env(m: &Machine) -> String {
@@ -384,4 +392,112 @@ fn user_defaults_to_the_login_name() {
             .map(|r| (r.value.as_str(), r.origin.clone()));
         assert_eq!(got, want, "env {env:?}");
     }
+}
+
+#[test]
+fn the_project_file_search_stops_at_the_repository_root_and_home() {
+    // A file above the repository root (a shared directory, say) is not the project's.
+    let m = Machine::new();
+    let above = write_file(
+        m.project.parent().unwrap(),
+        ".metaflow/config.json",
+        r#"{"METAFLOW_BATCH_CONTAINER_IMAGE": "evil/image"}"#,
+    );
+    set_mode(&above, 0o644);
+    std::fs::create_dir(m.project.join(".git")).unwrap();
+    let settings = resolve(&m.sources(&[], &[])).unwrap();
+    assert_eq!(settings.get(Key::BatchContainerImage), None);
+    assert!(settings.files_read.is_empty(), "{:?}", settings.files_read);
+
+    // The repository root's own file is the project file.
+    let own = m.project_file(r#"{"METAFLOW_BATCH_CONTAINER_IMAGE": "mine"}"#);
+    let settings = resolve(&m.sources(&[], &[])).unwrap();
+    assert_eq!(settings.get(Key::BatchContainerImage), Some("mine"));
+    assert_eq!(settings.files_read, std::slice::from_ref(&own));
+    std::fs::remove_file(own).unwrap();
+
+    // Without a repository, the search stops at $HOME (HOME's own file still counts).
+    std::fs::remove_dir(m.project.join(".git")).unwrap();
+    let home = m.project.join("src");
+    let home_text = home.display().to_string();
+    let settings = resolve(&m.sources(&[], &[("HOME", &home_text)])).unwrap();
+    assert_eq!(settings.get(Key::BatchContainerImage), None);
+    let in_home = write_file(&home, ".metaflow/config.json", r#"{"METAFLOW_USER": "h"}"#);
+    set_mode(&in_home, 0o600);
+    let settings = resolve(&m.sources(&[], &[("HOME", &home_text)])).unwrap();
+    assert_eq!(settings.get(Key::User), Some("h"));
+    assert_eq!(settings.files_read, [in_home]);
+}
+
+#[test]
+fn a_project_file_others_may_write_is_ignored_with_a_reason() {
+    for mode in [0o666, 0o664, 0o646] {
+        let m = Machine::new();
+        let path = m.project_file(r#"{"METAFLOW_BATCH_CONTAINER_IMAGE": "evil/image"}"#);
+        set_mode(&path, mode);
+        let settings = resolve(&m.sources(&[], &[])).unwrap();
+        assert_eq!(
+            settings.get(Key::BatchContainerImage),
+            None,
+            "mode {mode:o}"
+        );
+        assert!(settings.files_read.is_empty());
+        assert_eq!(settings.ignored_files.len(), 1);
+        assert_eq!(settings.ignored_files[0].path, path);
+        assert!(
+            settings.ignored_files[0]
+                .reason
+                .contains("writable by others"),
+            "{:?}",
+            settings.ignored_files
+        );
+    }
+}
+
+#[test]
+fn a_project_file_someone_else_owns_is_ignored() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can give a file to another user");
+        return;
+    }
+    let m = Machine::new();
+    let path = m.project_file(r#"{"METAFLOW_S3_ENDPOINT_URL": "https://evil.example.com"}"#);
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let settings = resolve(&m.sources(&[], &[])).unwrap();
+    assert_eq!(settings.get(Key::S3EndpointUrl), None);
+    assert!(settings.ignored_files[0]
+        .reason
+        .contains("owned by uid 65534"));
+}
+
+#[test]
+fn tuning_values_outside_their_range_are_errors_naming_the_variable() {
+    let m = Machine::new();
+    for (key, value) in [
+        ("MFBATCH_POLL_MIN_MS", "60000"),
+        ("MFBATCH_POLL_MIN_MS", "18446744073709551615"),
+        ("MFBATCH_POLL_MIN_MS", "0"),
+        ("MFBATCH_DRAIN_QUIET_MS", "99999999999999"),
+        ("MFBATCH_DRAIN_QUIET_MS", "0"),
+        ("MFBATCH_DRAIN_QUIET_MS", "-1"),
+    ] {
+        let err = resolve(&m.sources(&[], &[(key, value)])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::InvalidSetting { key: k, .. } if *k == key),
+            "{key}={value}: {err:?}"
+        );
+    }
+    let settings = resolve(&m.sources(
+        &[],
+        &[
+            ("MFBATCH_POLL_MIN_MS", "5000"),
+            ("MFBATCH_DRAIN_QUIET_MS", "20"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        settings.millis(Key::PollMinMs).unwrap(),
+        Some(std::time::Duration::from_secs(5))
+    );
 }

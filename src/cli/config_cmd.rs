@@ -6,24 +6,48 @@ use mfbatch::settings::{self, Key, Settings, Sources};
 
 use super::args::Output;
 use super::failure::Failure;
+use super::style::Style;
 use super::Global;
 
 /// Resolves the settings from this process (no flags) and prints them.
 pub fn show(global: Global) -> Result<(), Failure> {
     let settings = settings::resolve(&Sources::from_process(BTreeMap::new()))?;
+    warn_ignored_files(&settings, global);
     print(&settings, global.output);
     Ok(())
 }
 
+/// Says on stderr which project files were not trusted, and why.
+pub fn warn_ignored_files(settings: &Settings, global: Global) {
+    if global.quiet {
+        return;
+    }
+    for ignored in &settings.ignored_files {
+        eprintln!("{} {ignored}", global.style.warning("warning:"));
+    }
+}
+
+/// Says on stderr which settings a project file chose: it may sit in a directory that others
+/// share, and it can change where the code goes and what image runs it.
+pub fn note_project_settings(settings: &Settings, style: Style, quiet: bool) {
+    let from_project = settings.from_project_file();
+    let Some((_, path)) = from_project.first() else {
+        return;
+    };
+    if quiet {
+        return;
+    }
+    let keys: Vec<&str> = from_project.iter().map(|(k, _)| k.name()).collect();
+    eprintln!(
+        "{} {}",
+        style.dim(&format!("Settings from project file {}:", path.display())),
+        keys.join(", ")
+    );
+}
+
 /// Prints resolved settings on stdout, secrets redacted.
 pub fn print(settings: &Settings, output: Output) {
-    let shown = |key: Key, value: &str| -> String {
-        if settings::is_secret(key.name()) {
-            "********".into()
-        } else {
-            redact_url_password(value)
-        }
-    };
+    let shown = |key: Key, value: &str| settings::redact(key.name(), value);
     match output {
         Output::Json => {
             let mut map = serde_json::Map::new();
@@ -52,19 +76,5 @@ pub fn print(settings: &Settings, output: Output) {
                 }
             }
         }
-    }
-}
-
-/// Hides the password in `scheme://user:password@host` URLs.
-fn redact_url_password(value: &str) -> String {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return value.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return value.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
-        None => value.to_owned(),
     }
 }

@@ -203,6 +203,7 @@ impl Writer {
                             format!("skipped {}: the link points outside the package root", s.path)
                         }
                         SkipReason::BrokenLink => format!("skipped {}: the link is broken or loops", s.path),
+                        other => format!("skipped {}: {}", s.path, other.describe()),
                     },
                     Warning::Notice { message } => {
                         self.status(message.clone());

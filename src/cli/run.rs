@@ -29,10 +29,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
     .collect();
     let settings = settings::resolve(&Sources::from_process(flags))?;
+    config_cmd::warn_ignored_files(&settings, global);
     if args.show_config {
         config_cmd::print(&settings, global.output);
         return Ok(exit::SUCCESS);
     }
+    config_cmd::note_project_settings(&settings, global.style, global.quiet);
     let options = RunOptions {
         script: args.script.clone(),
         root: args.root.clone(),
@@ -86,6 +88,9 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     let before_submit = async {
         let prepared = launch::prepare(spec, &events).await?;
         let plan = launch::plan(&clients, &prepared).await?;
+        for warning in &plan.warnings {
+            events(mfbatch::event::Event::Warning(warning.clone()));
+        }
         if args.dry_run {
             let doc = dry_run_document(&prepared, &plan);
             return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
@@ -113,6 +118,8 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             return Err(e.into());
         }
         None => {
+            // An upload cut off mid-way is aborted, so its parts are not kept (and billed).
+            mfbatch::store::abort_abandoned_uploads(ABORT_WAIT).await;
             close(renderer, events).await;
             eprintln!("Interrupted before submitting: no job was created.");
             return Ok(exit::INTERRUPTED);
@@ -145,6 +152,9 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     .await
 }
 
+/// How long an interrupted run waits for S3 to abort its unfinished upload.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Writes what the renderer has and stops it.
 async fn close(renderer: Renderer, events: mfbatch::event::EventSink) {
     drop(events);
@@ -157,9 +167,10 @@ enum BeforeSubmit {
     Staged(Box<launch::Staged>),
 }
 
-/// What `--dry-run` prints: the package manifest and the request bodies, exactly as they would be sent.
+/// What `--dry-run` prints: the package manifest and the request bodies as they would be sent,
+/// except for secrets: environment values are shown through [`settings::redact`].
 fn dry_run_document(prepared: &Prepared, plan: &Plan) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "package": {
             "url": plan.package_url,
             "sha256": plan.package_sha256,
@@ -179,7 +190,32 @@ fn dry_run_document(prepared: &Prepared, plan: &Plan) -> serde_json::Value {
         },
         "submitJob": plan.submit_job,
         "containerOverridesChars": plan.submit_job.overrides_chars(),
-    })
+    });
+    for pointer in [
+        "/submitJob/containerOverrides/environment",
+        "/jobDefinition/registerJobDefinition/containerProperties/environment",
+    ] {
+        if let Some(serde_json::Value::Array(list)) = doc.pointer_mut(pointer) {
+            list.iter_mut().for_each(redact_name_value);
+        }
+    }
+    doc
+}
+
+/// Redacts one `{"name": …, "value": …}` environment entry in place.
+fn redact_name_value(entry: &mut serde_json::Value) {
+    let Some(name) = entry
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    if let Some(value) = entry.get_mut("value") {
+        if let Some(text) = value.as_str() {
+            *value = settings::redact(&name, text).into();
+        }
+    }
 }
 
 /// Parses `90s`, `10m`, `2h` for a flag.
@@ -200,13 +236,30 @@ async fn run_local(spec: mfbatch::spec::JobSpec, global: Global) -> Result<u8, F
     let events = renderer.sink();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
+    // Nothing runs yet while packaging, so the first interrupt leaves at once (dropping the
+    // future stops the packaging thread too).
+    let prepared = tokio::select! {
+        prepared = launch::prepare(spec, &events) => Some(prepared),
+        _ = signals.recv() => None,
+    };
+    let prepared = match prepared {
+        Some(Ok(prepared)) => prepared,
+        Some(Err(e)) => {
+            drop(events);
+            renderer.finish().await;
+            return Err(e.into());
+        }
+        None => {
+            drop(events);
+            renderer.finish().await;
+            eprintln!("Interrupted while packaging: the step did not start.");
+            return Ok(exit::INTERRUPTED);
+        }
+    };
     let mut interrupted = false;
     // `None`: a second interrupt, leave without waiting for the step.
     let result = {
         let work = async {
-            let prepared = launch::prepare(spec, &events)
-                .await
-                .map_err(Failure::from)?;
             mfbatch::local::run(&prepared, &events, stop_rx)
                 .await
                 .map_err(|e| Failure::new(e, None, exit::FAILURE))

@@ -65,6 +65,9 @@ pub enum Fault {
         code: String,
         message: String,
     },
+    /// This exact answer (for a malformed or incomplete success, say): status and body, sent as
+    /// XML to S3 calls and as JSON to the others.
+    Raw { status: u16, body: String },
 }
 
 /// One request the fake received.
@@ -263,6 +266,14 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
     let denied = |prefix: &str| {
         format!("User: arn:aws:sts::{ACCOUNT}:assumed-role/test/tester is not authorized to perform: {prefix}:{op}")
     };
+    if let Fault::Raw { status, body } = fault {
+        let content_type = if service == Service::S3 {
+            "application/xml"
+        } else {
+            "application/json"
+        };
+        return ResponseTemplate::new(*status).set_body_raw(body.clone(), content_type);
+    }
     match service {
         Service::Batch => match fault {
             Fault::Throttle => batch::error(429, "TooManyRequestsException", "Too Many Requests"),
@@ -275,6 +286,7 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
                 code,
                 message,
             } => batch::error(*status, code, message),
+            Fault::Raw { .. } => unreachable!("answered above"),
         },
         Service::Logs => match fault {
             Fault::Throttle => logs::error(400, "ThrottlingException", "Rate exceeded"),
@@ -289,6 +301,7 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
                 code,
                 message,
             } => logs::error(*status, code, message),
+            Fault::Raw { .. } => unreachable!("answered above"),
         },
         Service::S3 => match fault {
             Fault::Throttle => s3::error(503, "SlowDown", "Please reduce your request rate.", head),
@@ -304,6 +317,7 @@ fn fault_response(service: Service, op: &str, fault: &Fault, head: bool) -> Resp
                 code,
                 message,
             } => s3::error(*status, code, message, head),
+            Fault::Raw { .. } => unreachable!("answered above"),
         },
     }
 }
