@@ -239,19 +239,21 @@ fn main() {
     std::fs::create_dir(dir.path().join("home")).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // The same client setup mfbatch uses, pointed at moto.
+    for (key, value) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        std::env::set_var(key, value);
+    }
     let clients: Clients = rt.block_on(async {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(moto.endpoint())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_batch::config::Credentials::new(
-                "testing", "testing", None, None, "moto",
-            ))
-            .load()
-            .await;
-        (
-            aws_sdk_batch::Client::new(&config),
-            aws_sdk_cloudwatchlogs::Client::new(&config),
-        )
+        let clients = mfbatch::aws::Clients::from_environment(&Default::default())
+            .await
+            .expect("clients for moto");
+        (clients.batch, clients.logs)
     });
 
     let cold = run_once(&binary, &moto, dir.path(), &[], &clients, &rt);
