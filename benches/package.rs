@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use mfbatch::package::{build, collect, SuffixFilter};
+use mfbatch::launch::package::{build, collect, SuffixFilter};
 use support::{arg, median, ms, peak_rss_kib};
 
 fn main() {

@@ -7,8 +7,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::end_record::StepEnd;
-use crate::package::Skipped;
+use crate::bootstrap::end_record::StepEnd;
+use crate::launch::package::Skipped;
 
 /// A Batch job's status, in lifecycle order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -6,18 +6,18 @@
 //! [`event::Event`]s. The `mfbatch` binary (feature `cli`, on by default) is one renderer of them.
 //!
 //! The launch path, in order:
-//! [`settings::resolve`] → [`request::build_spec`] → [`launch::prepare`] → [`launch::plan`] →
+//! [`settings::resolve`] → [`spec::build_spec`] → [`launch::prepare`] → [`launch::plan`] →
 //! [`launch::execute`] (or [`launch::stage`] then [`launch::submit`]); then [`track::Tracker`]
 //! follows the job. Embedded, the whole of `mfbatch run step.py` is:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::collections::BTreeMap;
-//! use mfbatch::{aws, event, launch, request, settings, track};
+//! use mfbatch::{aws, event, launch, settings, spec, track};
 //!
 //! let settings = settings::resolve(&settings::Sources::from_process(BTreeMap::new()))?;
-//! let options = request::RunOptions { script: "step.py".into(), ..Default::default() };
-//! let spec = request::build_spec(&settings, &options)?;
+//! let options = spec::RunOptions { script: "step.py".into(), ..Default::default() };
+//! let spec = spec::build_spec(&settings, &options)?;
 //! let clients = aws::Clients::from_environment(&aws::ClientOptions::default()).await?;
 //! let events = event::discard(); // or a callback that renders or records them
 //! let prepared = launch::prepare(spec, &events).await?;
@@ -38,19 +38,11 @@
 
 pub mod aws;
 pub mod bootstrap;
-pub mod end_record;
 pub mod error;
 pub mod event;
-pub mod image;
-pub mod jobdef;
 pub mod launch;
 pub mod local;
-pub mod package;
-pub mod queue;
-pub mod request;
 pub mod s3url;
 pub mod settings;
 pub mod spec;
-pub mod store;
-pub mod submit;
 pub mod track;

@@ -12,12 +12,13 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::bootstrap::{self, Invocation};
-use crate::end_record::{EndRecord, EndRecords};
+use crate::bootstrap;
+use crate::bootstrap::end_record::{EndRecord, EndRecords};
 use crate::event::{Event, EventSink, JobStatus, Outcome};
-use crate::launch::{job_environment, Prepared};
+use crate::launch::environment;
+use crate::launch::Prepared;
 use crate::spec::Target;
-use crate::store::{LocalStore, PackageStore, StoreError};
+use crate::launch::store::{LocalStore, PackageStore, StoreError};
 use crate::track::snapshot::JobSnapshot;
 
 /// Why a local run could not start or finish.
@@ -66,15 +67,8 @@ pub async fn run(
             .as_millis()
     );
     let job_name = prepared.spec.name.to_string();
-    let end_nonce = crate::end_record::new_nonce();
-    let invocation = Invocation {
-        package_url: url,
-        package_sha256: sha.clone(),
-        package_files: prepared.manifest.files.len(),
-        script: prepared.spec.script.clone(),
-        args: prepared.spec.args.clone(),
-        end_nonce: end_nonce.clone(),
-    };
+    let invocation = environment::invocation(prepared, &url);
+    let end_nonce = invocation.end_nonce.clone();
     let resources = &prepared.spec.resources;
     events(Event::Warning(crate::event::Warning::Notice {
         message: format!(
@@ -84,17 +78,10 @@ pub async fn run(
             if resources.gpu > 0 { format!(" and {} GPU", resources.gpu) } else { String::new() }
         ),
     }));
-    let env = job_environment(
+    let env = environment::job_environment(
         &prepared.spec,
         &invocation,
-        [
-            ("MFBATCH_LOCAL_JOB_ID".to_owned(), job_id.clone()),
-            ("MFBATCH_CPU".to_owned(), resources.vcpu.to_string()),
-            (
-                "MFBATCH_MEMORY_MIB".to_owned(),
-                resources.memory.get().to_string(),
-            ),
-        ],
+        environment::local_additions(&job_id, resources),
     );
     // The bootstrap's work directory lives in one of ours, removed however the run ends (a
     // second Ctrl-C kills the step before it can clean up).

@@ -77,7 +77,7 @@ async fn the_callers_mfbatch_variables_do_not_reach_the_step() {
     assert_eq!(out.code, Some(0), "{}", out.render());
     assert_eq!(
         out.stdout,
-        "[]\n['MFBATCH_CPU', 'MFBATCH_MEMORY_MIB']\n",
+        "[]\n['MFBATCH_CPU', 'MFBATCH_LOCAL_JOB_ID', 'MFBATCH_MEMORY_MIB']\n",
         "{}",
         out.render()
     );

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use mfbatch::end_record::Origin;
+use mfbatch::bootstrap::end_record::Origin;
 use mfbatch::event::{DecidedBy, Event, JobStatus, Outcome};
 use mfbatch::track::{FollowRequest, Tracker, TrackerConfig};
 use support::{AttemptEnd, FakeAws, Timeline};

@@ -57,14 +57,14 @@ fn status(job: &aws_sdk_batch::types::JobDetail) -> &str {
 #[tokio::test]
 async fn default_queue_has_one_ec2_environment() {
     let fake = FakeAws::start().await;
-    let queue = mfbatch::queue::describe(&fake.clients().batch, QUEUE)
+    let queue = mfbatch::launch::queue::describe(&fake.clients().batch, QUEUE)
         .await
         .unwrap()
         .expect("the default queue");
     assert_eq!(queue.state, "ENABLED");
-    assert_eq!(queue.platform(), mfbatch::jobdef::Platform::Ec2);
+    assert_eq!(queue.platform(), mfbatch::launch::jobdef::Platform::Ec2);
     assert_eq!(queue.max_vcpus(), Some(256));
-    assert!(mfbatch::queue::describe(&fake.clients().batch, "nope")
+    assert!(mfbatch::launch::queue::describe(&fake.clients().batch, "nope")
         .await
         .unwrap()
         .is_none());
@@ -487,11 +487,11 @@ async fn throttling_is_retried_by_the_sdk_and_changes_nothing() {
 async fn s3_objects_conditional_put_and_chunked_bodies() {
     let fake = FakeAws::start().await;
     let clients = fake.clients();
-    let store = mfbatch::store::S3Store::new(
+    let store = mfbatch::launch::store::S3Store::new(
         clients.s3.clone(),
         mfbatch::s3url::S3Url::parse(SYSROOT).unwrap(),
     );
-    use mfbatch::store::PackageStore;
+    use mfbatch::launch::store::PackageStore;
     assert!(!store.contains("abc").await.unwrap());
     fake.put_object(BUCKET, "metaflow/mfbatch/packages/abc.tgz", b"x");
     assert!(store.contains("abc").await.unwrap());

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use mfbatch::error::{AwsErrorKind, ConfigError, PackageError};
 use mfbatch::event::{Event, EventSink};
 use mfbatch::launch::{self, LaunchError, Submitted};
-use mfbatch::request::{build_spec, RunOptions};
+use mfbatch::spec::build::{build_spec, RunOptions};
 use mfbatch::settings::{resolve, Sources};
 use mfbatch::spec::JobSpec;
-use mfbatch::store::StoreError;
+use mfbatch::launch::store::StoreError;
 use serde_json::Value;
 use support::*;
 
@@ -207,7 +207,7 @@ async fn cold_run_uploads_registers_and_submits() {
     let mut tags: BTreeMap<String, String> =
         serde_json::from_value(submit["tags"].clone()).unwrap();
     let request_id = tags
-        .remove(mfbatch::submit::REQUEST_ID_TAG)
+        .remove(mfbatch::launch::submit::REQUEST_ID_TAG)
         .expect("a request id");
     assert_eq!(request_id.len(), 32);
     assert_ne!(request_id, env["MFBATCH_END_NONCE"]);
@@ -1026,7 +1026,7 @@ async fn a_forbidden_head_object_means_unknown_and_the_conditional_put_decides()
 
 #[tokio::test]
 async fn a_multipart_upload_abandoned_mid_way_is_aborted() {
-    use mfbatch::store::{PackageStore, S3Store};
+    use mfbatch::launch::store::{PackageStore, S3Store};
     let fake = FakeAws::start().await;
     let dir = project();
     write_file(dir.path(), "big.py", incompressible(17 << 20, 4));
@@ -1047,7 +1047,7 @@ async fn a_multipart_upload_abandoned_mid_way_is_aborted() {
         result = store.put(&prepared.package, &progress) => panic!("finished: {result:?}"),
         _ = first_part.notified() => {}
     }
-    mfbatch::store::abort_abandoned_uploads(std::time::Duration::from_secs(10)).await;
+    mfbatch::launch::store::abort_abandoned_uploads(std::time::Duration::from_secs(10)).await;
     assert_eq!(fake.calls("CreateMultipartUpload"), 1);
     assert_eq!(fake.calls("CompleteMultipartUpload"), 0);
     assert_eq!(fake.calls("AbortMultipartUpload"), 1);
@@ -1089,7 +1089,7 @@ async fn an_answer_without_an_upload_id_is_an_error_not_an_empty_id() {
 /// mfbatch would register, changed by `tamper`.
 async fn register_lookalike(
     fake: &FakeAws,
-    def: &mfbatch::jobdef::JobDefinition,
+    def: &mfbatch::launch::jobdef::JobDefinition,
     tamper: impl FnOnce(
         aws_sdk_batch::types::builders::ContainerPropertiesBuilder,
     ) -> aws_sdk_batch::types::builders::ContainerPropertiesBuilder,

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use mfbatch::aws::{ClientOptions, Clients};
 use mfbatch::launch::{self, LaunchError, Submitted};
-use mfbatch::request::{build_spec, RunOptions};
+use mfbatch::spec::build::{build_spec, RunOptions};
 use mfbatch::settings::{resolve, Sources};
 use mfbatch::spec::JobSpec;
-use mfbatch::submit::REQUEST_ID_TAG;
+use mfbatch::launch::submit::REQUEST_ID_TAG;
 use support::flaky_proxy::FlakyProxy;
 use support::*;
 

@@ -24,7 +24,7 @@ from urllib.error import HTTPError
 NETERR = (OSError, HTTPException)  # URLError and timeouts are OSErrors
 _child, _held = [], []  # the running step; signals held while it starts
 _stopped = []  # stop signals forwarded to the step: its exit is not its own
-STEP_VARS = ("MFBATCH_CPU", "MFBATCH_MEMORY_MIB")  # the only MFBATCH_* a step sees
+STEP_VARS = ("MFBATCH_CPU", "MFBATCH_MEMORY_MIB", "MFBATCH_LOCAL_JOB_ID")  # for the step
 
 
 class Fail(Exception):

@@ -32,16 +32,10 @@ import bootstrap  # noqa: E402
 with open(os.path.join(HERE, "bootstrap.py"), encoding="utf-8") as _f:
     SOURCE = _f.read()
 
-# The job definition's command: bootstrap::STUB, read from src/bootstrap.rs so
-# this test follows it (the copy below is used if that file cannot be read).
-STUB = ('for py in python3 python; do if command -v "$py" >/dev/null 2>&1; then '
-        'exec "$py" -u -c "$MFBATCH_BOOTSTRAP"; fi; done; '
-        'echo "mfbatch-bootstrap: the image has neither python3 nor python" >&2; exit 127')
-try:
-    with open(os.path.join(HERE, "..", "bootstrap.rs"), encoding="utf-8") as _f:
-        STUB = re.search(r'pub const STUB: &str = r#"(.*?)"#;', _f.read()).group(1)
-except (OSError, AttributeError):
-    pass
+# The job definition's command: bootstrap::STUB, read from src/bootstrap/mod.rs so
+# this test runs exactly what jobs run.
+with open(os.path.join(HERE, "mod.rs"), encoding="utf-8") as _f:
+    STUB = re.search(r'pub const STUB: &str = r#"(.*?)"#;', _f.read()).group(1)
 
 STEP = """\
 import os, sys

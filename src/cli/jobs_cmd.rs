@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use mfbatch::aws::{ClientOptions, Clients};
-use mfbatch::error::{AwsError, Service};
+use mfbatch::error::AwsError;
 use mfbatch::event::JobStatus;
 use mfbatch::settings::{self, Sources};
 use mfbatch::track::snapshot::JobSnapshot;
@@ -68,15 +68,11 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
 async fn describe(clients: &Clients, ids: &[String]) -> Result<Vec<JobSnapshot>, Failure> {
     let mut found = Vec::new();
     for chunk in ids.chunks(MAX_IDS_PER_CALL) {
-        let out = clients
-            .batch
-            .describe_jobs()
-            .set_jobs(Some(chunk.to_vec()))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(Service::Batch, "DescribeJobs", e))
-            .map_err(aws_failure)?;
-        found.extend(out.jobs().iter().filter_map(JobSnapshot::from_detail));
+        found.extend(
+            mfbatch::track::snapshot::describe(&clients.batch, chunk)
+                .await
+                .map_err(aws_failure)?,
+        );
     }
     Ok(found)
 }

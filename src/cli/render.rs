@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use mfbatch::event::{DecidedBy, Event, EventSink, JobStatus, Warning};
-use mfbatch::package::SkipReason;
+use mfbatch::launch::package::SkipReason;
 use tokio::sync::mpsc;
 
 use super::args::Output;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use mfbatch::aws::{ClientOptions, Clients};
 use mfbatch::launch::{self, Plan, Prepared};
-use mfbatch::request::{build_spec, RunOptions};
+use mfbatch::spec::build::{build_spec, RunOptions};
 use mfbatch::settings::{self, Key, Sources};
 
 use super::args::{Output, RunArgs};
@@ -119,7 +119,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         }
         None => {
             // An upload cut off mid-way is aborted, so its parts are not kept (and billed).
-            mfbatch::store::abort_abandoned_uploads(ABORT_WAIT).await;
+            mfbatch::launch::store::abort_abandoned_uploads(ABORT_WAIT).await;
             close(renderer, events).await;
             eprintln!("Interrupted before submitting: no job was created.");
             return Ok(exit::INTERRUPTED);

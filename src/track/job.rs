@@ -15,9 +15,9 @@ use super::logs::{self, FollowEnd, StreamRef};
 use super::poller::{self, Update};
 use super::snapshot::JobSnapshot;
 use super::{stop_job, FollowRequest, TrackError, TrackerConfig};
-use crate::end_record::StepEnd;
+use crate::bootstrap::end_record::StepEnd;
 use crate::event::{Event, EventSink, JobStatus, Outcome, Warning};
-use crate::queue;
+use crate::launch::queue;
 
 pub struct Context {
     pub batch: aws_sdk_batch::Client,

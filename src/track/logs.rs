@@ -6,7 +6,7 @@
 //! often, idle ones less and less.
 //!
 //! The stream is complete once both end records of the bootstrap were read (see
-//! [`crate::end_record`]); they are never shown as lines. When they never come (an OOM kill, an
+//! [`crate::bootstrap::end_record`]); they are never shown as lines. When they never come (an OOM kill, an
 //! image that bypasses the bootstrap, a job mfbatch did not launch), the stream is drained after
 //! the job ends until it has been quiet for a while, because the log driver delivers the last
 //! lines seconds late.
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::budget::RateBudget;
 use super::TrackerConfig;
-use crate::end_record::{EndRecord, EndRecords, StepEnd};
+use crate::bootstrap::end_record::{EndRecord, EndRecords, StepEnd};
 use crate::error::{AwsError, AwsErrorKind, Service};
 use crate::event::{Event, EventSink};
 

@@ -15,6 +15,7 @@
 
 mod budget;
 mod job;
+mod outcome;
 pub mod logs;
 mod poller;
 pub mod snapshot;

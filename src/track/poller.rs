@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::budget::RateBudget;
-use super::snapshot::JobSnapshot;
+use super::snapshot::{self, JobSnapshot};
 use super::TrackerConfig;
-use crate::error::{AwsError, AwsErrorKind, Service};
+use crate::error::{AwsError, AwsErrorKind};
 use crate::event::JobStatus;
 
 /// How soon after the step's end to ask Batch: it needs a moment to notice the container exited.
@@ -97,20 +97,13 @@ pub async fn run(
         }
         for batch in choose_batches(&watches, now) {
             budget.acquire().await;
-            let result = client
-                .describe_jobs()
-                .set_jobs(Some(batch.clone()))
-                .send()
-                .await;
+            let result = snapshot::describe(&client, &batch).await;
             let now = Instant::now();
             match result {
-                Ok(out) => {
+                Ok(snapshots) => {
                     budget.succeeded();
                     let mut seen = std::collections::HashSet::new();
-                    for detail in out.jobs() {
-                        let Some(snapshot) = JobSnapshot::from_detail(detail) else {
-                            continue;
-                        };
+                    for snapshot in snapshots {
                         let Some(watch) = watches.get_mut(&snapshot.job_id) else {
                             continue;
                         };
@@ -146,7 +139,6 @@ pub async fn run(
                     }
                 }
                 Err(err) => {
-                    let err = AwsError::from_sdk(Service::Batch, "DescribeJobs", err);
                     if err.kind == AwsErrorKind::Throttled {
                         budget.throttled();
                     }

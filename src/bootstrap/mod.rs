@@ -5,16 +5,18 @@
 //! hold 24 KiB, so the per-job container overrides (limited to 8,192 characters) carry only the
 //! package location and the user's environment.
 
-use crate::end_record::NONCE_ENV;
+pub mod end_record;
+
+use crate::bootstrap::end_record::NONCE_ENV;
 
 /// The bootstrap's source.
-pub const BOOTSTRAP_PY: &str = include_str!("bootstrap/bootstrap.py");
+pub const BOOTSTRAP_PY: &str = include_str!("bootstrap.py");
 
 /// The environment variable that carries [`BOOTSTRAP_PY`] into the container.
 pub const BOOTSTRAP_ENV: &str = "MFBATCH_BOOTSTRAP";
 
 /// Finds a Python in the image and runs the bootstrap with it; POSIX `sh` only.
-/// Without one it writes the end record itself (see [`crate::end_record`]).
+/// Without one it writes the end record itself (see [`crate::bootstrap::end_record`]).
 pub const STUB: &str = r#"for py in python3 python; do if command -v "$py" >/dev/null 2>&1; then exec "$py" -u -c "$MFBATCH_BOOTSTRAP"; fi; done; echo "mfbatch-bootstrap: the image has neither python3 nor python" >&2; if [ -n "$MFBATCH_END_NONCE" ]; then r="mfbatch-end:v1:$MFBATCH_END_NONCE:${AWS_BATCH_JOB_ATTEMPT:-1}:127:bootstrap"; echo "$r:stdout"; echo "$r:stderr" >&2; fi; exit 127"#;
 
 /// Exit codes the bootstrap uses for its own failures (the user's script owns all others).
@@ -45,7 +47,7 @@ pub struct Invocation {
     /// The script, relative to the package root.
     pub script: String,
     pub args: Vec<String>,
-    /// The nonce of this job's end records ([`crate::end_record`]).
+    /// The nonce of this job's end records ([`crate::bootstrap::end_record`]).
     pub end_nonce: String,
 }
 
@@ -71,16 +73,5 @@ impl Invocation {
         ];
         env.push((NONCE_ENV.to_owned(), self.end_nonce.clone()));
         env
-    }
-}
-
-/// Describes what an exit code of the container means, when the bootstrap set it.
-pub fn explain_exit_code(code: i32) -> Option<&'static str> {
-    match code {
-        exit_code::PACKAGE_UNAVAILABLE => Some("the container could not download the code package"),
-        exit_code::PACKAGE_CORRUPT => Some("the code package was corrupt or unsafe to extract"),
-        exit_code::BAD_ENVIRONMENT => Some("the container's bootstrap environment was incomplete"),
-        exit_code::NO_PYTHON => Some("the image has neither python3 nor python"),
-        _ => None,
     }
 }

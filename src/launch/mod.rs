@@ -5,6 +5,14 @@
 //! [`plan`] only reads from AWS (`--dry-run` stops there), [`stage`] uploads and registers what is
 //! missing (safe to abandon), and [`submit`] creates the job. [`execute`] is `stage` + `submit`.
 
+pub mod environment;
+pub mod image;
+pub mod jobdef;
+pub mod package;
+pub mod queue;
+pub mod store;
+pub mod submit;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,15 +20,14 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::aws::Clients;
-use crate::bootstrap::Invocation;
 use crate::error::{AwsError, ConfigError, PackageError};
 use crate::event::{Event, EventSink, Warning};
-use crate::jobdef::{self, JobDefinition, NameValue, Registered};
-use crate::package::{self, Built, Manifest, SuffixFilter};
-use crate::queue::{self, QueueInfo};
+use jobdef::{JobDefinition, NameValue, Registered};
+use package::{Built, Manifest, SuffixFilter};
+use queue::{QueueInfo};
 use crate::spec::{BatchTarget, JobSpec};
-use crate::store::{PackageStore, Presence, S3Store, StoreError};
-use crate::submit::{
+use store::{PackageStore, Presence, S3Store, StoreError};
+use submit::{
     resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
     REQUEST_ID_TAG,
 };
@@ -46,6 +53,9 @@ pub enum LaunchError {
     QueueNotFound { queue: String, region: String },
     #[error("job queue {queue:?} is {state} and takes no jobs")]
     QueueDisabled { queue: String, state: String },
+    /// `plan` and `stage` were given a `--local` job (use `local::run`).
+    #[error("the job is for this machine (--local), not for AWS Batch")]
+    NotBatch,
 }
 
 impl LaunchError {
@@ -185,7 +195,7 @@ pub struct Plan {
 
 /// Learns what exists (queue, package, definition) without changing anything.
 pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, LaunchError> {
-    let target = prepared.spec.batch().expect("plan is for Batch jobs");
+    let target = prepared.spec.batch().ok_or(LaunchError::NotBatch)?;
     let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
     let sha = &prepared.package.sha256;
     let definition_lookup = async {
@@ -350,7 +360,7 @@ pub async fn stage(
     mut plan: Plan,
     events: &EventSink,
 ) -> Result<Staged, LaunchError> {
-    let target = prepared.spec.batch().expect("stage is for Batch jobs");
+    let target = prepared.spec.batch().ok_or(LaunchError::NotBatch)?;
     let upload = async {
         if plan.package_present {
             events(Event::UploadSkipped {
@@ -427,21 +437,6 @@ pub async fn submit(
     })
 }
 
-/// The environment every job gets, then the user's `--env` (which wins on a clash).
-pub fn job_environment(
-    spec: &JobSpec,
-    invocation: &Invocation,
-    extra: impl IntoIterator<Item = (String, String)>,
-) -> Vec<(String, String)> {
-    let mut env = invocation.environment();
-    env.extend(extra);
-    for (k, v) in &spec.env {
-        env.retain(|(name, _)| name != k);
-        env.push((k.clone(), v.clone()));
-    }
-    env
-}
-
 fn submit_request(
     prepared: &Prepared,
     target: &BatchTarget,
@@ -450,29 +445,9 @@ fn submit_request(
     job_definition: String,
 ) -> SubmitRequest {
     let spec = &prepared.spec;
-    let invocation = Invocation {
-        package_url: package_url.to_owned(),
-        package_sha256: prepared.package.sha256.clone(),
-        package_files: prepared.manifest.files.len(),
-        script: spec.script.clone(),
-        args: spec.args.clone(),
-        end_nonce: crate::end_record::new_nonce(),
-    };
-    let mut metaflow = vec![
-        (
-            "METAFLOW_DATASTORE_SYSROOT_S3".to_owned(),
-            target.datastore_root.to_string(),
-        ),
-        (
-            "METAFLOW_DATATOOLS_S3ROOT".to_owned(),
-            target.datatools_root.clone(),
-        ),
-        ("AWS_DEFAULT_REGION".to_owned(), region.to_owned()),
-    ];
-    if let Some(endpoint) = &target.s3_endpoint_url {
-        metaflow.push(("METAFLOW_S3_ENDPOINT_URL".to_owned(), endpoint.clone()));
-    }
-    let environment = job_environment(spec, &invocation, metaflow)
+    let invocation = environment::invocation(prepared, package_url);
+    let additions = environment::batch_additions(target, region);
+    let environment = environment::job_environment(spec, &invocation, additions)
         .into_iter()
         .map(|(name, value)| NameValue { name, value })
         .collect();
@@ -489,7 +464,7 @@ fn submit_request(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             // Lets a SubmitJob whose answer was lost be found instead of sent again.
-            .chain([(REQUEST_ID_TAG.to_owned(), crate::end_record::new_nonce())])
+            .chain([(REQUEST_ID_TAG.to_owned(), crate::bootstrap::end_record::new_nonce())])
             .collect(),
         propagate_tags: true,
         retry_strategy: RetryStrategy::for_retries(&target.retries),

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::bootstrap;
 use crate::error::{AwsError, Service};
-use crate::package::sha256_hex;
+use crate::launch::package::sha256_hex;
 use crate::spec::BatchTarget;
 
 /// The platform a queue's compute environments run on.

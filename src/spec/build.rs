@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
-use crate::image::{resolve_image, PythonVersion};
+use crate::launch::image::{resolve_image, PythonVersion};
 use crate::s3url::S3Url;
 use crate::settings::{Key, Resolved, Settings};
 use crate::spec::{

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{AwsError, Service};
-use crate::jobdef::Platform;
+use crate::launch::jobdef::Platform;
 
 /// A job queue and its compute environments.
 #[derive(Debug, Clone, Serialize)]

@@ -17,7 +17,7 @@ use aws_sdk_batch::operation::submit_job::SubmitJobError;
 use serde::Serialize;
 
 use crate::error::{AwsError, AwsErrorKind, ConfigError, Service};
-use crate::jobdef::{NameValue, Requirement};
+use crate::launch::jobdef::{NameValue, Requirement};
 use crate::spec::{Resources, MAX_TAGS};
 
 /// Batch's limit on the JSON of `containerOverrides`, enforced only when the task starts.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::error::{AwsError, Service};
-use crate::package::Built;
+use crate::launch::package::Built;
 use crate::s3url::S3Url;
 
 /// Packages larger than this go up in parts (and show progress part by part).
@@ -417,7 +417,7 @@ fn hash_file(mut file: std::fs::File) -> std::io::Result<String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(crate::package::hex(&hasher.finalize()))
+    Ok(crate::launch::package::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -430,7 +430,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         Built {
             path,
-            sha256: crate::package::sha256_hex(bytes),
+            sha256: crate::launch::package::sha256_hex(bytes),
             size: bytes.len() as u64,
         }
     }

@@ -2,12 +2,16 @@
 //!
 //! Every value is parsed and checked here, before any AWS call, so bad input never half-happens.
 
+pub mod build;
+
+pub use build::{build_spec, RunOptions};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::error::ConfigError;
-use crate::image::ImageRef;
+use crate::launch::image::ImageRef;
 use crate::s3url::S3Url;
 
 /// The largest requests any AWS Batch job can be given, with headroom: the largest EC2 instances
