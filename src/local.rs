@@ -16,9 +16,9 @@ use crate::bootstrap;
 use crate::bootstrap::end_record::{EndRecord, EndRecords};
 use crate::event::{Event, EventSink, JobStatus, Outcome};
 use crate::launch::environment;
+use crate::launch::store::{LocalStore, PackageStore, StoreError};
 use crate::launch::Prepared;
 use crate::spec::Target;
-use crate::launch::store::{LocalStore, PackageStore, StoreError};
 use crate::track::snapshot::JobSnapshot;
 
 /// Why a local run could not start or finish.

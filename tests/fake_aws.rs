@@ -64,10 +64,12 @@ async fn default_queue_has_one_ec2_environment() {
     assert_eq!(queue.state, "ENABLED");
     assert_eq!(queue.platform(), mfbatch::launch::jobdef::Platform::Ec2);
     assert_eq!(queue.max_vcpus(), Some(256));
-    assert!(mfbatch::launch::queue::describe(&fake.clients().batch, "nope")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        mfbatch::launch::queue::describe(&fake.clients().batch, "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use mfbatch::error::{AwsErrorKind, ConfigError, PackageError};
 use mfbatch::event::{Event, EventSink};
+use mfbatch::launch::store::StoreError;
 use mfbatch::launch::{self, LaunchError, Submitted};
-use mfbatch::spec::build::{build_spec, RunOptions};
 use mfbatch::settings::{resolve, Sources};
 use mfbatch::spec::JobSpec;
-use mfbatch::launch::store::StoreError;
+use mfbatch::spec::{build_spec, RunOptions};
 use serde_json::Value;
 use support::*;
 

@@ -9,7 +9,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use mfbatch::launch::package::{self, collect, Manifest, SkipReason, Skipped, SuffixFilter, FIXED_MTIME};
+use mfbatch::launch::package::{
+    self, collect, Manifest, SkipReason, Skipped, SuffixFilter, FIXED_MTIME,
+};
 use support::{sha256_hex, write_file};
 
 const DEFAULT_SUFFIXES: &str = mfbatch::settings::DEFAULT_PACKAGE_SUFFIXES;

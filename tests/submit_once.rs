@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use mfbatch::aws::{ClientOptions, Clients};
+use mfbatch::launch::submit::REQUEST_ID_TAG;
 use mfbatch::launch::{self, LaunchError, Submitted};
-use mfbatch::spec::build::{build_spec, RunOptions};
 use mfbatch::settings::{resolve, Sources};
 use mfbatch::spec::JobSpec;
-use mfbatch::launch::submit::REQUEST_ID_TAG;
+use mfbatch::spec::{build_spec, RunOptions};
 use support::flaky_proxy::FlakyProxy;
 use support::*;
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use mfbatch::aws::{ClientOptions, Clients};
 use mfbatch::launch::{self, Plan, Prepared};
-use mfbatch::spec::build::{build_spec, RunOptions};
 use mfbatch::settings::{self, Key, Sources};
+use mfbatch::spec::{build_spec, RunOptions};
 
 use super::args::{Output, RunArgs};
 use super::config_cmd;

@@ -22,10 +22,10 @@ use serde::Serialize;
 use crate::aws::Clients;
 use crate::error::{AwsError, ConfigError, PackageError};
 use crate::event::{Event, EventSink, Warning};
+use crate::spec::{BatchTarget, JobSpec};
 use jobdef::{JobDefinition, NameValue, Registered};
 use package::{Built, Manifest, SuffixFilter};
-use queue::{QueueInfo};
-use crate::spec::{BatchTarget, JobSpec};
+use queue::QueueInfo;
 use store::{PackageStore, Presence, S3Store, StoreError};
 use submit::{
     resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
@@ -464,7 +464,10 @@ fn submit_request(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             // Lets a SubmitJob whose answer was lost be found instead of sent again.
-            .chain([(REQUEST_ID_TAG.to_owned(), crate::bootstrap::end_record::new_nonce())])
+            .chain([(
+                REQUEST_ID_TAG.to_owned(),
+                crate::bootstrap::end_record::new_nonce(),
+            )])
             .collect(),
         propagate_tags: true,
         retry_strategy: RetryStrategy::for_retries(&target.retries),

@@ -15,8 +15,8 @@
 
 mod budget;
 mod job;
-mod outcome;
 pub mod logs;
+mod outcome;
 mod poller;
 pub mod snapshot;
 

@@ -2,6 +2,7 @@
 //! step's end records when no retry can follow; and why it failed, in words a user can act on.
 
 use crate::bootstrap::end_record::{Origin, StepEnd};
+use crate::bootstrap::exit_code;
 use crate::event::{DecidedBy, FailureKind, JobStatus, Outcome};
 
 use super::snapshot::{AttemptSnapshot, JobSnapshot, RetryPolicy};
@@ -225,10 +226,10 @@ fn is_user_stop(reason: &str) -> bool {
 /// Describes what an exit code of the container means, when the bootstrap set it.
 pub fn explain_exit_code(code: i32) -> Option<&'static str> {
     match code {
-        crate::bootstrap::exit_code::PACKAGE_UNAVAILABLE => Some("the container could not download the code package"),
-        crate::bootstrap::exit_code::PACKAGE_CORRUPT => Some("the code package was corrupt or unsafe to extract"),
-        crate::bootstrap::exit_code::BAD_ENVIRONMENT => Some("the container's bootstrap environment was incomplete"),
-        crate::bootstrap::exit_code::NO_PYTHON => Some("the image has neither python3 nor python"),
+        exit_code::PACKAGE_UNAVAILABLE => Some("the container could not download the code package"),
+        exit_code::PACKAGE_CORRUPT => Some("the code package was corrupt or unsafe to extract"),
+        exit_code::BAD_ENVIRONMENT => Some("the container's bootstrap environment was incomplete"),
+        exit_code::NO_PYTHON => Some("the image has neither python3 nor python"),
         _ => None,
     }
 }

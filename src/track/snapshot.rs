@@ -21,7 +21,11 @@ pub async fn describe(
         .map_err(|e| {
             crate::error::AwsError::from_sdk(crate::error::Service::Batch, "DescribeJobs", e)
         })?;
-    Ok(out.jobs().iter().filter_map(JobSnapshot::from_detail).collect())
+    Ok(out
+        .jobs()
+        .iter()
+        .filter_map(JobSnapshot::from_detail)
+        .collect())
 }
 
 /// The default CloudWatch log group of Batch jobs.
