@@ -46,7 +46,67 @@ pub async fn run(
     let Target::Local(target) = &prepared.spec.target else {
         return Err(LocalError::NotLocal);
     };
-    let store = LocalStore::new(&target.datastore_dir);
+    let url = store_package(prepared, &target.datastore_dir, events).await?;
+    let job = LocalJob {
+        id: format!(
+            "local-{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        ),
+        name: prepared.spec.name.to_string(),
+        events: events.clone(),
+    };
+    let invocation = environment::invocation(prepared, &url);
+    let resources = &prepared.spec.resources;
+    job.notice(format!(
+        "Running on this machine; the job asks for {} vCPU and {} MiB{} (given to it as MFBATCH_CPU / MFBATCH_MEMORY_MIB, not enforced)",
+        resources.vcpu,
+        resources.memory.get(),
+        if resources.gpu > 0 { format!(" and {} GPU", resources.gpu) } else { String::new() }
+    ));
+    let env = environment::job_environment(
+        &prepared.spec,
+        &invocation,
+        environment::local_additions(&job.id, resources),
+    );
+    // The bootstrap's work directory lives in one of ours, removed however the run ends (a
+    // second Ctrl-C kills the step before it can clean up).
+    let work_parent = tempfile::Builder::new()
+        .prefix("mfbatch-local-")
+        .tempdir()
+        .map_err(LocalError::WorkDir)?;
+    let mut child = spawn(env, work_parent.path())?;
+    let group = ProcessGroup(child.id());
+    job.started();
+    let started = Instant::now();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (records, stopping) = job
+        .pump_output(stdout, &invocation.end_nonce, &child, &mut stop)
+        .await?;
+    let status = child.wait().await.map_err(LocalError::Output)?;
+    // The bootstrap has exited: whatever is left of its group must not outlive the job.
+    drop(group);
+    let exit_code = status.code().or_else(|| signal_code(&status)).unwrap_or(1);
+    let outcome = job.finish(
+        exit_code,
+        records.any(),
+        stopping,
+        started,
+        invocation.end_nonce,
+    );
+    drop(work_parent);
+    Ok(outcome)
+}
+
+/// Puts the package in the local store (content-addressed like S3); its `file://` URL.
+async fn store_package(
+    prepared: &Prepared,
+    datastore_dir: &std::path::Path,
+    events: &EventSink,
+) -> Result<String, LocalError> {
+    let store = LocalStore::new(datastore_dir);
     let sha = &prepared.package.sha256;
     let url = store.url(sha);
     if store.contains(sha).await? {
@@ -58,46 +118,23 @@ pub async fn run(
             bytes: prepared.package.size,
         });
     }
+    Ok(url)
+}
 
-    let job_id = format!(
-        "local-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
-    let job_name = prepared.spec.name.to_string();
-    let invocation = environment::invocation(prepared, &url);
-    let end_nonce = invocation.end_nonce.clone();
-    let resources = &prepared.spec.resources;
-    events(Event::Warning(crate::event::Warning::Notice {
-        message: format!(
-            "Running on this machine; the job asks for {} vCPU and {} MiB{} (given to it as MFBATCH_CPU / MFBATCH_MEMORY_MIB, not enforced)",
-            resources.vcpu,
-            resources.memory.get(),
-            if resources.gpu > 0 { format!(" and {} GPU", resources.gpu) } else { String::new() }
-        ),
-    }));
-    let env = environment::job_environment(
-        &prepared.spec,
-        &invocation,
-        environment::local_additions(&job_id, resources),
-    );
-    // The bootstrap's work directory lives in one of ours, removed however the run ends (a
-    // second Ctrl-C kills the step before it can clean up).
-    let work_parent = tempfile::Builder::new()
-        .prefix("mfbatch-local-")
-        .tempdir()
-        .map_err(LocalError::WorkDir)?;
-    // One pipe for both streams, as in CloudWatch: the lines keep their order. The job gets its
-    // own process group: a Ctrl-C at the terminal reaches mfbatch alone, which stops the job
-    // with one SIGTERM, as ECS does.
+/// Starts the bootstrap under `sh`, as the job definition's command does. One pipe for both
+/// streams, as in CloudWatch: the lines keep their order. The job gets its own process group: a
+/// Ctrl-C at the terminal reaches mfbatch alone, which stops the job with one SIGTERM, as ECS
+/// does.
+fn spawn(
+    env: Vec<(String, String)>,
+    work_parent: &std::path::Path,
+) -> Result<tokio::process::Child, LocalError> {
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg(format!("exec 2>&1; {}", bootstrap::STUB))
         .env(bootstrap::BOOTSTRAP_ENV, bootstrap::BOOTSTRAP_PY)
-        .env("MFBATCH_WORKDIR_PARENT", work_parent.path())
+        .env("MFBATCH_WORKDIR_PARENT", work_parent)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0)
@@ -108,107 +145,135 @@ pub async fn run(
             command.env_remove(name);
         }
     }
-    let mut child = command.envs(env).spawn().map_err(LocalError::Spawn)?;
-    let group = ProcessGroup(child.id());
-    events(Event::Submitted {
-        job_id: job_id.clone(),
-        job_name: job_name.clone(),
-        queue: "local".into(),
-    });
-    let started = Instant::now();
-    events(Event::Status {
-        job_id: job_id.clone(),
-        job_name: job_name.clone(),
-        status: JobStatus::Running,
-        previous: None,
-        previous_ms: None,
-        reason: None,
-    });
+    command.envs(env).spawn().map_err(LocalError::Spawn)
+}
 
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped"));
-    let mut line = Vec::new();
-    let mut records = EndRecords::default();
-    let mut stopping = false;
-    loop {
-        line.clear();
-        tokio::select! {
-            read = lines.read_until(b'\n', &mut line) => {
-                let n = read.map_err(LocalError::Output)?;
-                if n == 0 {
-                    break;
+/// The local job, as its events name it.
+struct LocalJob {
+    id: String,
+    name: String,
+    events: EventSink,
+}
+
+impl LocalJob {
+    fn notice(&self, message: String) {
+        (self.events)(Event::Warning(crate::event::Warning::Notice { message }));
+    }
+
+    fn started(&self) {
+        (self.events)(Event::Submitted {
+            job_id: self.id.clone(),
+            job_name: self.name.clone(),
+            queue: "local".into(),
+        });
+        (self.events)(Event::Status {
+            job_id: self.id.clone(),
+            job_name: self.name.clone(),
+            status: JobStatus::Running,
+            previous: None,
+            previous_ms: None,
+            reason: None,
+        });
+    }
+
+    /// Turns the job's output into log events until it closes, keeping its end records apart;
+    /// `stop` turning true sends SIGTERM once. Returns the records and whether it was stopped.
+    async fn pump_output(
+        &self,
+        stdout: tokio::process::ChildStdout,
+        end_nonce: &str,
+        child: &tokio::process::Child,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(EndRecords, bool), LocalError> {
+        let mut lines = BufReader::new(stdout);
+        let mut line = Vec::new();
+        let mut records = EndRecords::default();
+        let mut stopping = false;
+        loop {
+            line.clear();
+            tokio::select! {
+                read = lines.read_until(b'\n', &mut line) => {
+                    if read.map_err(LocalError::Output)? == 0 {
+                        return Ok((records, stopping));
+                    }
+                    if line.ends_with(b"\n") {
+                        line.pop();
+                    }
+                    let message = String::from_utf8_lossy(&line);
+                    if let Some(record) = EndRecord::parse(&message, end_nonce) {
+                        records.add(record);
+                        continue;
+                    }
+                    (self.events)(Event::Log {
+                        job_id: self.id.clone(),
+                        job_name: self.name.clone(),
+                        attempt: 1,
+                        timestamp_ms: now_ms(),
+                        message: message.into_owned(),
+                    });
                 }
-                if line.ends_with(b"\n") {
-                    line.pop();
-                }
-                let message = String::from_utf8_lossy(&line);
-                if let Some(record) = EndRecord::parse(&message, &end_nonce) {
-                    records.add(record);
-                    continue;
-                }
-                events(Event::Log {
-                    job_id: job_id.clone(),
-                    job_name: job_name.clone(),
-                    attempt: 1,
-                    timestamp_ms: now_ms(),
-                    message: message.into_owned(),
-                });
-            }
-            changed = stop.changed(), if !stopping => {
-                if changed.is_err() || *stop.borrow() {
-                    stopping = true;
-                    terminate(&child);
+                changed = stop.changed(), if !stopping => {
+                    if changed.is_err() || *stop.borrow() {
+                        stopping = true;
+                        terminate(child);
+                    }
                 }
             }
         }
     }
-    let status = child.wait().await.map_err(LocalError::Output)?;
-    // The bootstrap has exited: whatever is left of its group must not outlive the job.
-    drop(group);
-    let exit_code = status.code().or_else(|| signal_code(&status)).unwrap_or(1);
-    let step_end = records.any();
-    if let Some(end) = step_end {
-        events(Event::StepExited {
-            job_id: job_id.clone(),
-            job_name: job_name.clone(),
-            end,
+
+    /// The final events and the outcome, explained the same way as for Batch jobs.
+    fn finish(
+        &self,
+        exit_code: i32,
+        step_end: Option<crate::bootstrap::end_record::StepEnd>,
+        stopped: bool,
+        started: Instant,
+        end_nonce: String,
+    ) -> Outcome {
+        let events = &self.events;
+        if let Some(end) = step_end {
+            events(Event::StepExited {
+                job_id: self.id.clone(),
+                job_name: self.name.clone(),
+                end,
+            });
+        }
+        let final_status = if exit_code == 0 {
+            JobStatus::Succeeded
+        } else {
+            JobStatus::Failed
+        };
+        events(Event::Status {
+            job_id: self.id.clone(),
+            job_name: self.name.clone(),
+            status: final_status,
+            previous: Some(JobStatus::Running),
+            previous_ms: Some(started.elapsed().as_millis() as u64),
+            reason: None,
         });
+        let snapshot = JobSnapshot {
+            job_id: self.id.clone(),
+            job_name: self.name.clone(),
+            status: final_status,
+            status_reason: stopped.then(|| "stopped by the user with mfbatch".to_owned()),
+            queue: "local".into(),
+            log_group: String::new(),
+            attempts: vec![crate::track::snapshot::AttemptSnapshot {
+                exit_code: Some(exit_code),
+                ..Default::default()
+            }],
+            container: Default::default(),
+            vcpus: None,
+            memory_mib: None,
+            end_nonce: Some(end_nonce),
+            stopped_at_ms: Some(now_ms()),
+            retry: None,
+        };
+        let outcome = snapshot.outcome(step_end);
+        events(Event::Exited(outcome.clone()));
+        outcome
     }
-    let final_status = if exit_code == 0 {
-        JobStatus::Succeeded
-    } else {
-        JobStatus::Failed
-    };
-    events(Event::Status {
-        job_id: job_id.clone(),
-        job_name: job_name.clone(),
-        status: final_status,
-        previous: Some(JobStatus::Running),
-        previous_ms: Some(started.elapsed().as_millis() as u64),
-        reason: None,
-    });
-    // Explain the exit the same way as for Batch jobs.
-    let snapshot = JobSnapshot {
-        job_id: job_id.clone(),
-        job_name,
-        status: final_status,
-        status_reason: stopping.then(|| "stopped by the user with mfbatch".to_owned()),
-        queue: "local".into(),
-        log_group: String::new(),
-        attempts: vec![crate::track::snapshot::AttemptSnapshot {
-            exit_code: Some(exit_code),
-            ..Default::default()
-        }],
-        container: Default::default(),
-        vcpus: None,
-        memory_mib: None,
-        end_nonce: Some(end_nonce),
-        stopped_at_ms: Some(now_ms()),
-        retry: None,
-    };
-    let outcome = snapshot.outcome(step_end);
-    events(Event::Exited(outcome.clone()));
-    drop(work_parent);
-    Ok(outcome)
 }
 
 /// The job's process group, killed when dropped: after the bootstrap exits, or when the run is

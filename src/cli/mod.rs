@@ -12,6 +12,7 @@ mod report;
 mod run;
 mod signals;
 mod style;
+mod words;
 
 use std::process::ExitCode;
 

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use mfbatch::event::{DecidedBy, Event, EventSink, JobStatus, Warning};
-use mfbatch::launch::package::SkipReason;
+use mfbatch::event::{Event, EventSink, JobStatus, Warning};
 use tokio::sync::mpsc;
 
 use super::args::Output;
 use super::style::Style;
+use super::words;
 
 /// What to show and how.
 #[derive(Debug, Clone, Copy)]
@@ -186,82 +186,13 @@ impl Writer {
                     self.flush();
                 }
             }
-            Event::Packaged {
-                files,
-                bytes,
-                sha256,
-            } => self.status(format!(
-                "Packaged {files} file{} ({}), sha256 {}",
-                if *files == 1 { "" } else { "s" },
-                human_bytes(*bytes),
-                &sha256[..12.min(sha256.len())]
+            Event::Warning(Warning::Notice { message }) => self.status(message.clone()),
+            Event::Warning(warning) => self.status(format!(
+                "{} {}",
+                style.warning("warning:"),
+                words::warning(warning)
             )),
-            Event::Warning(warning) => {
-                let text = match warning {
-                    Warning::Skipped(s) => match s.reason {
-                        SkipReason::LinkOutsideRoot => {
-                            format!("skipped {}: the link points outside the package root", s.path)
-                        }
-                        SkipReason::BrokenLink => format!("skipped {}: the link is broken or loops", s.path),
-                        other => format!("skipped {}: {}", s.path, other.describe()),
-                    },
-                    Warning::Notice { message } => {
-                        self.status(message.clone());
-                        return;
-                    }
-                    Warning::LogsUnavailable { job_id, reason } => {
-                        format!("cannot read the logs of job {job_id}: {reason}")
-                    }
-                    Warning::StatusUnavailable {
-                        job_id,
-                        seconds,
-                        reason,
-                    } => format!(
-                        "cannot read the status of job {job_id} for {}: {reason} (still trying)",
-                        human_duration(Duration::from_secs(*seconds))
-                    ),
-                    Warning::LargePackage { bytes } => format!(
-                        "the package is {}; every job start downloads it (use --root or --package-suffixes to trim it)",
-                        human_bytes(*bytes)
-                    ),
-                    Warning::StuckRunnable {
-                        job_id,
-                        seconds,
-                        reason,
-                        detail,
-                    } => {
-                        let mut text = format!(
-                            "job {job_id} has been RUNNABLE for {}: no compute environment has placed it yet",
-                            human_duration(Duration::from_secs(*seconds))
-                        );
-                        if let Some(reason) = reason {
-                            text.push_str(&format!("\n  Batch says: {reason}"));
-                        }
-                        if let Some(detail) = detail {
-                            text.push_str(&format!("\n  {detail}"));
-                        }
-                        text
-                    }
-                };
-                self.status(format!("{} {text}", style.warning("warning:")));
-            }
-            Event::UploadStarted { url, bytes } => {
-                if self.options.style.live && !self.options.quiet {
-                    let bar = ProgressBar::new(*bytes).with_style(
-                        ProgressStyle::with_template(
-                            "Uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-                        )
-                        .expect("valid template"),
-                    );
-                    bar.enable_steady_tick(Duration::from_millis(200));
-                    self.bar = Some(bar);
-                } else {
-                    self.status(format!(
-                        "Uploading package to {url} ({})",
-                        human_bytes(*bytes)
-                    ));
-                }
-            }
+            Event::UploadStarted { url, bytes } => self.upload_started(url, *bytes),
             Event::UploadProgress { sent, .. } => {
                 if let Some(bar) = &self.bar {
                     bar.set_position(*sent);
@@ -273,71 +204,39 @@ impl Writer {
                 }
                 self.status(format!("Uploaded {url}"));
             }
-            Event::UploadSkipped { url } => self.status(format!("Package already stored at {url}")),
-            Event::JobDefinition {
-                name,
-                arn,
-                registered,
-            } => {
-                let revision = arn.rsplit(':').next().unwrap_or("?");
-                let verb = if *registered { "Registered" } else { "Reusing" };
-                self.status(format!("{verb} job definition {name}:{revision}"));
-            }
-            Event::Submitted {
-                job_id,
-                job_name,
-                queue,
-            } => self.status(format!("Submitted {job_name} ({job_id}) to {queue}")),
             Event::Status {
-                job_name,
-                status,
-                previous,
-                previous_ms,
-                reason,
-                ..
+                job_name, status, ..
             } => {
-                let mut line = format!("{job_name}: {status}");
-                if let (Some(previous), Some(ms)) = (previous, previous_ms) {
-                    line.push_str(&style.dim(&format!(
-                        " (after {} in {previous})",
-                        human_duration(Duration::from_millis(*ms))
-                    )));
-                }
-                if let Some(reason) = reason {
-                    line.push_str(&format!(" — {reason}"));
-                }
-                self.status(line);
+                self.status(words::status(event, &style));
                 self.update_spinner(job_name, *status);
-            }
-            Event::Terminating { job_id, reason } => {
-                self.status(format!("Stopping job {job_id} ({reason})"));
             }
             // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
             Event::StepExited { .. } => {}
-            Event::Exited(outcome) => {
-                // Decided by the step's end records: Batch's own status comes later.
-                let batch_later = (outcome.decided_by == DecidedBy::EndRecord)
-                    .then(|| format!("; Batch will mark the job {}", outcome.status));
-                let line = if outcome.succeeded() {
-                    match &batch_later {
-                        Some(later) => format!("Job {}: step exited 0{later}", outcome.job_id),
-                        None => format!("Job {} succeeded", outcome.job_id),
-                    }
-                } else {
-                    let summary = outcome.summary.as_deref().unwrap_or("failed");
-                    let mut text = format!(
-                        "{} job {} failed: {summary}{}",
-                        style.error("error:"),
-                        outcome.job_id,
-                        batch_later.as_deref().unwrap_or_default()
-                    );
-                    if let Some(reason) = &outcome.reason {
-                        text.push_str(&format!("\n  Batch says: {reason}"));
-                    }
-                    text
-                };
-                self.status(line);
+            Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
+            other => {
+                if let Some(line) = words::progress(other) {
+                    self.status(line);
+                }
             }
+        }
+    }
+
+    /// A progress bar on a terminal, a line otherwise.
+    fn upload_started(&mut self, url: &str, bytes: u64) {
+        if self.options.style.live && !self.options.quiet {
+            let bar = ProgressBar::new(bytes).with_style(
+                ProgressStyle::with_template(
+                    "Uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            self.bar = Some(bar);
+        } else {
+            self.status(format!(
+                "Uploading package to {url} ({})",
+                human_bytes(bytes)
+            ));
         }
     }
 

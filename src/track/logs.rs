@@ -61,126 +61,214 @@ pub async fn follow(
     once: bool,
 ) -> FollowEnd {
     let _user = budget.register();
-    let mut token: Option<String> = None;
-    let mut interval = config.log_min_interval;
-    let mut done_at: Option<Instant> = *job_done.borrow();
-    let started = Instant::now();
-    let mut last_data: Option<Instant> = None;
-    let mut records = EndRecords::default();
+    let mut follower = Follower {
+        interval: config.log_min_interval,
+        done_at: *job_done.borrow(),
+        started: Instant::now(),
+        token: None,
+        last_data: None,
+        records: EndRecords::default(),
+        client,
+        budget,
+        config,
+        stream,
+        events,
+    };
     loop {
-        let mut had_data = false;
-        budget.acquire().await;
-        let mut request = client
-            .get_log_events()
-            .log_group_name(&stream.group)
-            .log_stream_name(&stream.stream)
-            .start_from_head(true)
-            .set_next_token(token.clone());
-        if token.is_none() {
-            request = request.set_start_time(stream.start_time_ms);
-        }
-        let at_end = match request.send().await {
-            Ok(page) => {
-                budget.succeeded();
-                let got = page.events().len();
-                for e in page.events() {
-                    let message = e.message().unwrap_or_default();
-                    if let Some(record) = stream
-                        .end_nonce
-                        .as_deref()
-                        .and_then(|nonce| EndRecord::parse(message, nonce))
-                    {
-                        records.add(record);
-                        continue;
-                    }
-                    events(Event::Log {
-                        job_id: stream.job_id.clone(),
-                        job_name: stream.job_name.clone(),
-                        attempt: stream.attempt,
-                        timestamp_ms: e.timestamp().unwrap_or_default(),
-                        message: message.to_owned(),
-                    });
-                }
-                // Lines after a record in the same page were shown above; the stream is over.
-                if let Some(end) = records.complete() {
-                    return FollowEnd::Complete(end);
-                }
-                let next = page.next_forward_token().map(str::to_owned);
-                let same_token = next.is_some() && next == token;
-                if next.is_some() {
-                    token = next;
-                }
-                if got > 0 {
-                    // A page with data: more is likely waiting, read on at once.
-                    had_data = true;
-                    last_data = Some(Instant::now());
-                    interval = Duration::ZERO;
-                    false
-                } else if same_token {
-                    // The end of what is there now: back off while the stream stays idle.
-                    interval = idle_interval(last_data.unwrap_or(started), &config, &budget);
-                    true
-                } else {
-                    // An empty page with a new token: more may follow right away.
-                    interval = Duration::ZERO;
-                    false
-                }
-            }
-            Err(err) => {
-                let err = AwsError::from_sdk(Service::Logs, "GetLogEvents", err);
-                match err.kind {
-                    // The stream appears a little after the attempt starts.
-                    AwsErrorKind::NotFound => {
-                        interval = idle_interval(started, &config, &budget);
-                        true
-                    }
-                    AwsErrorKind::Throttled => {
-                        budget.throttled();
-                        interval = interval.max(config.log_min_interval);
-                        false
-                    }
-                    AwsErrorKind::AccessDenied | AwsErrorKind::Credentials => {
-                        return FollowEnd::Failed(err)
-                    }
-                    _ => {
-                        // Retried with the same token; back off so a failing endpoint is not
-                        // hammered.
-                        interval =
-                            (interval * 2).clamp(config.log_min_interval, config.log_max_interval);
-                        false
-                    }
-                }
-            }
+        let read = match follower.read().await {
+            Ok(read) => read,
+            Err(end) => return end,
         };
-        if once && at_end {
+        if once && read.at_end {
             return FollowEnd::Drained;
         }
-        if let Some(done) = done_at {
-            let quiet_since = last_data.map_or(done, |d| d.max(done));
-            if at_end && quiet_since.elapsed() >= config.drain_quiet {
-                return FollowEnd::Drained;
-            }
-            // The limit is for waiting on lines that may never come, not for cutting off a
-            // backlog that is still being read.
-            if done.elapsed() >= config.drain_max && !had_data {
-                return FollowEnd::Drained;
-            }
-            // While draining, look again soon enough to end near the quiet window's end.
-            interval = interval.min(config.drain_quiet / 2);
+        if follower.drained(&read) {
+            return FollowEnd::Drained;
         }
-        if interval.is_zero() {
-            if done_at.is_none() {
-                done_at = *job_done.borrow();
+        follower.wait(&mut job_done).await;
+    }
+}
+
+/// What one read found.
+struct Read {
+    /// The stream had nothing more just now.
+    at_end: bool,
+    /// The page carried events.
+    had_data: bool,
+}
+
+/// One stream's reading state: where it is, how often to look, and what it has seen.
+struct Follower {
+    client: aws_sdk_cloudwatchlogs::Client,
+    budget: Arc<RateBudget>,
+    config: TrackerConfig,
+    stream: StreamRef,
+    events: EventSink,
+    token: Option<String>,
+    interval: Duration,
+    /// When the job ended, once known.
+    done_at: Option<Instant>,
+    started: Instant,
+    last_data: Option<Instant>,
+    records: EndRecords,
+}
+
+impl Follower {
+    /// One GetLogEvents call; `Err` when following this stream is over.
+    async fn read(&mut self) -> Result<Read, FollowEnd> {
+        self.budget.acquire().await;
+        let mut request = self
+            .client
+            .get_log_events()
+            .log_group_name(&self.stream.group)
+            .log_stream_name(&self.stream.stream)
+            .start_from_head(true)
+            .set_next_token(self.token.clone());
+        if self.token.is_none() {
+            request = request.set_start_time(self.stream.start_time_ms);
+        }
+        match request.send().await {
+            Ok(page) => {
+                self.budget.succeeded();
+                self.deliver(page.events());
+                // Lines after a record in the same page were shown above; the stream is over.
+                if let Some(end) = self.records.complete() {
+                    return Err(FollowEnd::Complete(end));
+                }
+                Ok(self.advance(page.events().len(), page.next_forward_token()))
             }
-        } else if done_at.is_none() {
+            Err(err) => self.failed(AwsError::from_sdk(Service::Logs, "GetLogEvents", err)),
+        }
+    }
+
+    /// Emits a page's events as lines, keeping the end records apart.
+    fn deliver(&mut self, page: &[aws_sdk_cloudwatchlogs::types::OutputLogEvent]) {
+        for e in page {
+            let message = e.message().unwrap_or_default();
+            if let Some(record) = self
+                .stream
+                .end_nonce
+                .as_deref()
+                .and_then(|nonce| EndRecord::parse(message, nonce))
+            {
+                self.records.add(record);
+                continue;
+            }
+            (self.events)(Event::Log {
+                job_id: self.stream.job_id.clone(),
+                job_name: self.stream.job_name.clone(),
+                attempt: self.stream.attempt,
+                timestamp_ms: e.timestamp().unwrap_or_default(),
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    /// Moves the token on and chooses the next wait from what the page held.
+    fn advance(&mut self, got: usize, next: Option<&str>) -> Read {
+        let next = next.map(str::to_owned);
+        let same_token = next.is_some() && next == self.token;
+        if next.is_some() {
+            self.token = next;
+        }
+        if got > 0 {
+            // A page with data: more is likely waiting, read on at once.
+            self.last_data = Some(Instant::now());
+            self.interval = Duration::ZERO;
+            Read {
+                at_end: false,
+                had_data: true,
+            }
+        } else if same_token {
+            // The end of what is there now: back off while the stream stays idle.
+            self.interval = idle_interval(
+                self.last_data.unwrap_or(self.started),
+                &self.config,
+                &self.budget,
+            );
+            Read {
+                at_end: true,
+                had_data: false,
+            }
+        } else {
+            // An empty page with a new token: more may follow right away.
+            self.interval = Duration::ZERO;
+            Read {
+                at_end: false,
+                had_data: false,
+            }
+        }
+    }
+
+    /// A failed call is retried with the same token, so nothing is lost or repeated; only a
+    /// denial ends following.
+    fn failed(&mut self, err: AwsError) -> Result<Read, FollowEnd> {
+        let at_end = match err.kind {
+            // The stream appears a little after the attempt starts.
+            AwsErrorKind::NotFound => {
+                self.interval = idle_interval(self.started, &self.config, &self.budget);
+                true
+            }
+            AwsErrorKind::Throttled => {
+                self.budget.throttled();
+                self.interval = self.interval.max(self.config.log_min_interval);
+                false
+            }
+            AwsErrorKind::AccessDenied | AwsErrorKind::Credentials => {
+                return Err(FollowEnd::Failed(err))
+            }
+            _ => {
+                // Back off so a failing endpoint is not hammered.
+                self.interval = (self.interval * 2)
+                    .clamp(self.config.log_min_interval, self.config.log_max_interval);
+                false
+            }
+        };
+        Ok(Read {
+            at_end,
+            had_data: false,
+        })
+    }
+
+    /// After the job ended: whether the stream has been quiet long enough (the fallback when no
+    /// end records come).
+    fn drained(&mut self, read: &Read) -> bool {
+        let Some(done) = self.done_at else {
+            return false;
+        };
+        let quiet_since = self.last_data.map_or(done, |d| d.max(done));
+        if read.at_end && quiet_since.elapsed() >= self.config.drain_quiet {
+            return true;
+        }
+        // The limit is for waiting on lines that may never come, not for cutting off a
+        // backlog that is still being read.
+        if done.elapsed() >= self.config.drain_max && !read.had_data {
+            return true;
+        }
+        // While draining, look again soon enough to end near the quiet window's end.
+        self.interval = self.interval.min(self.config.drain_quiet / 2);
+        false
+    }
+
+    /// Waits for the next read, waking early when the job ends.
+    async fn wait(&mut self, job_done: &mut watch::Receiver<Option<Instant>>) {
+        if self.interval.is_zero() {
+            if self.done_at.is_none() {
+                self.done_at = *job_done.borrow();
+            }
+        } else if self.done_at.is_none() {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(self.interval) => {}
                 changed = job_done.changed() => {
-                    done_at = if changed.is_err() { Some(Instant::now()) } else { *job_done.borrow() };
+                    self.done_at = if changed.is_err() {
+                        Some(Instant::now())
+                    } else {
+                        *job_done.borrow()
+                    };
                 }
             }
         } else {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(self.interval).await;
         }
     }
 }

@@ -1,0 +1,139 @@
+//! The words for each event in text output: pure functions from an event to the line a user
+//! reads (the renderer decides where and when it goes).
+
+use std::time::Duration;
+
+use mfbatch::event::{DecidedBy, Event, Outcome, Warning};
+use mfbatch::launch::package::SkipReason;
+
+use super::render::{human_bytes, human_duration};
+use super::style::Style;
+
+/// A warning's text (after `warning:`).
+pub fn warning(warning: &Warning) -> String {
+    match warning {
+        Warning::Skipped(s) => match s.reason {
+            SkipReason::LinkOutsideRoot => {
+                format!("skipped {}: the link points outside the package root", s.path)
+            }
+            SkipReason::BrokenLink => format!("skipped {}: the link is broken or loops", s.path),
+            other => format!("skipped {}: {}", s.path, other.describe()),
+        },
+        Warning::Notice { message } => message.clone(),
+        Warning::LogsUnavailable { job_id, reason } => {
+            format!("cannot read the logs of job {job_id}: {reason}")
+        }
+        Warning::StatusUnavailable {
+            job_id,
+            seconds,
+            reason,
+        } => format!(
+            "cannot read the status of job {job_id} for {}: {reason} (still trying)",
+            human_duration(Duration::from_secs(*seconds))
+        ),
+        Warning::LargePackage { bytes } => format!(
+            "the package is {}; every job start downloads it (use --root or --package-suffixes to trim it)",
+            human_bytes(*bytes)
+        ),
+        Warning::StuckRunnable {
+            job_id,
+            seconds,
+            reason,
+            detail,
+        } => {
+            let mut text = format!(
+                "job {job_id} has been RUNNABLE for {}: no compute environment has placed it yet",
+                human_duration(Duration::from_secs(*seconds))
+            );
+            if let Some(reason) = reason {
+                text.push_str(&format!("\n  Batch says: {reason}"));
+            }
+            if let Some(detail) = detail {
+                text.push_str(&format!("\n  {detail}"));
+            }
+            text
+        }
+    }
+}
+
+/// A status change, with the time spent in the previous status.
+pub fn status(event: &Event, style: &Style) -> String {
+    let Event::Status {
+        job_name,
+        status,
+        previous,
+        previous_ms,
+        reason,
+        ..
+    } = event
+    else {
+        return String::new();
+    };
+    let mut line = format!("{job_name}: {status}");
+    if let (Some(previous), Some(ms)) = (previous, previous_ms) {
+        line.push_str(&style.dim(&format!(
+            " (after {} in {previous})",
+            human_duration(Duration::from_millis(*ms))
+        )));
+    }
+    if let Some(reason) = reason {
+        line.push_str(&format!(" — {reason}"));
+    }
+    line
+}
+
+/// The launch's progress lines (packaged, stored, registered, submitted, stopping).
+pub fn progress(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Packaged {
+            files,
+            bytes,
+            sha256,
+        } => format!(
+            "Packaged {files} file{} ({}), sha256 {}",
+            if *files == 1 { "" } else { "s" },
+            human_bytes(*bytes),
+            &sha256[..12.min(sha256.len())]
+        ),
+        Event::UploadSkipped { url } => format!("Package already stored at {url}"),
+        Event::JobDefinition {
+            name,
+            arn,
+            registered,
+        } => {
+            let revision = arn.rsplit(':').next().unwrap_or("?");
+            let verb = if *registered { "Registered" } else { "Reusing" };
+            format!("{verb} job definition {name}:{revision}")
+        }
+        Event::Submitted {
+            job_id,
+            job_name,
+            queue,
+        } => format!("Submitted {job_name} ({job_id}) to {queue}"),
+        Event::Terminating { job_id, reason } => format!("Stopping job {job_id} ({reason})"),
+        _ => return None,
+    })
+}
+
+/// How the job ended; when the step's end records decided it, that Batch's status follows.
+pub fn exited(outcome: &Outcome, style: &Style) -> String {
+    let batch_later = (outcome.decided_by == DecidedBy::EndRecord)
+        .then(|| format!("; Batch will mark the job {}", outcome.status));
+    if outcome.succeeded() {
+        return match &batch_later {
+            Some(later) => format!("Job {}: step exited 0{later}", outcome.job_id),
+            None => format!("Job {} succeeded", outcome.job_id),
+        };
+    }
+    let summary = outcome.summary.as_deref().unwrap_or("failed");
+    let mut text = format!(
+        "{} job {} failed: {summary}{}",
+        style.error("error:"),
+        outcome.job_id,
+        batch_later.as_deref().unwrap_or_default()
+    );
+    if let Some(reason) = &outcome.reason {
+        text.push_str(&format!("\n  Batch says: {reason}"));
+    }
+    text
+}
