@@ -99,118 +99,147 @@ impl JobSnapshot {
     /// records said, when they were read (it tells the bootstrap's exit codes from the step's).
     pub fn outcome(&self, step_end: Option<StepEnd>) -> Outcome {
         let step_end = step_end.filter(|e| e.attempt >= self.attempts.len());
-        let last = self.attempts.last().cloned().unwrap_or_default();
-        let exit_code = last.exit_code.or(self.container.exit_code);
+        let facts = Facts::of(self, step_end);
+        let mut outcome = Outcome {
+            job_id: self.job_id.clone(),
+            status: self.status,
+            exit_code: facts.exit_code,
+            failure: None,
+            summary: None,
+            reason: (!facts.reasons.is_empty()).then(|| facts.reasons.join("; ")),
+            attempts: self.attempts.len(),
+            decided_by: DecidedBy::BatchStatus,
+            step_end,
+        };
+        if self.status != JobStatus::Succeeded {
+            let (kind, summary) = facts.explain();
+            outcome.failure = Some(kind);
+            outcome.summary = Some(summary);
+        }
+        outcome
+    }
+}
+
+/// What a finished job's last attempt says about why it ended.
+struct Facts {
+    exit_code: Option<i32>,
+    container_reason: Option<String>,
+    attempt_reason: Option<String>,
+    job_reason: Option<String>,
+    /// The distinct non-empty reasons, job's first.
+    reasons: Vec<String>,
+    step_end: Option<StepEnd>,
+}
+
+impl Facts {
+    fn of(snapshot: &JobSnapshot, step_end: Option<StepEnd>) -> Facts {
+        let last = snapshot.attempts.last().cloned().unwrap_or_default();
         let container_reason = last
             .reason
             .clone()
-            .or_else(|| self.container.reason.clone());
+            .or_else(|| snapshot.container.reason.clone());
         let attempt_reason = last.status_reason.clone();
-        let reasons: Vec<String> = [
-            self.status_reason.clone(),
+        let mut reasons: Vec<String> = Vec::new();
+        for r in [
+            snapshot.status_reason.clone(),
             attempt_reason.clone(),
             container_reason.clone(),
         ]
         .into_iter()
         .flatten()
-        .filter(|r| !r.is_empty())
-        .fold(Vec::new(), |mut acc, r| {
-            if !acc.contains(&r) {
-                acc.push(r);
-            }
-            acc
-        });
-        let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
-        let mut outcome = Outcome {
-            job_id: self.job_id.clone(),
-            status: self.status,
-            exit_code,
-            failure: None,
-            summary: None,
-            reason: reason.clone(),
-            attempts: self.attempts.len(),
-            decided_by: DecidedBy::BatchStatus,
-            step_end,
-        };
-        if self.status == JobStatus::Succeeded {
-            return outcome;
-        }
-        let all = reasons.join(" ");
-        let (kind, summary) = if container_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("OutOfMemoryError"))
         {
-            (
+            if !r.is_empty() && !reasons.contains(&r) {
+                reasons.push(r);
+            }
+        }
+        Facts {
+            exit_code: last.exit_code.or(snapshot.container.exit_code),
+            container_reason,
+            attempt_reason,
+            job_reason: snapshot.status_reason.clone(),
+            reasons,
+            step_end,
+        }
+    }
+
+    /// The failure's kind and a sentence for the user. A user's stop wins over the exit code it
+    /// caused (143 after TerminateJob).
+    fn explain(&self) -> (FailureKind, String) {
+        let (kind, summary) = self.classify();
+        let stopped_by_user = self.job_reason.as_deref().is_some_and(is_user_stop);
+        if kind == FailureKind::ExitCode && stopped_by_user {
+            return (
+                FailureKind::TerminatedByUser,
+                format!("stopped by a user; {summary}"),
+            );
+        }
+        (kind, summary)
+    }
+
+    fn classify(&self) -> (FailureKind, String) {
+        let all = self.reasons.join(" ");
+        let starts =
+            |r: &Option<String>, prefix: &str| r.as_deref().is_some_and(|r| r.starts_with(prefix));
+        if starts(&self.container_reason, "OutOfMemoryError") {
+            return (
                 FailureKind::OutOfMemory,
                 "out of memory: the container used more than its --memory".to_owned(),
-            )
-        } else if all.contains("CannotPullContainerError") || all.contains("CannotPullImage") {
-            (
+            );
+        }
+        if all.contains("CannotPullContainerError") || all.contains("CannotPullImage") {
+            return (
                 FailureKind::ImagePull,
                 "the container image could not be pulled (check --image and registry access)"
                     .to_owned(),
-            )
-        } else if attempt_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("Host EC2"))
-        {
-            (
+            );
+        }
+        if starts(&self.attempt_reason, "Host EC2") {
+            return (
                 FailureKind::SpotReclaimed,
                 "the instance was reclaimed (spot interruption or host termination)".to_owned(),
-            )
-        } else if all.contains("Job attempt duration exceeded timeout") {
-            (
+            );
+        }
+        if all.contains("Job attempt duration exceeded timeout") {
+            return (
                 FailureKind::Timeout,
                 "the attempt ran longer than its timeout (--timeout)".to_owned(),
-            )
-        } else if let Some(text) = exit_code
-            .filter(|_| step_end.is_some_and(|e| e.origin == Origin::Bootstrap))
+            );
+        }
+        let origin = self.step_end.map(|e| e.origin);
+        if let Some(text) = self
+            .exit_code
+            .filter(|_| origin == Some(Origin::Bootstrap))
             .and_then(explain_exit_code)
         {
-            (
-                FailureKind::Bootstrap,
-                format!("{text} (exit code {})", exit_code.unwrap_or_default()),
-            )
-        } else if let Some(code) = exit_code.filter(|c| *c != 0) {
+            let code = self.exit_code.unwrap_or_default();
+            return (FailureKind::Bootstrap, format!("{text} (exit code {code})"));
+        }
+        if let Some(code) = self.exit_code.filter(|c| *c != 0) {
             let signal = match code {
                 137 => " (killed: SIGKILL)",
                 143 => " (terminated: SIGTERM)",
                 _ => "",
             };
             // Without the end records, a code may also be the bootstrap's (121–123, 127).
-            let summary = match step_end.map(|e| e.origin) {
+            let summary = match origin {
                 Some(Origin::Stopped) => {
                     format!("the step was stopped and exited with code {code}{signal}")
                 }
                 Some(_) => format!("the step exited with code {code}{signal}"),
                 None => format!("the container exited with code {code}{signal}"),
             };
-            (FailureKind::ExitCode, summary)
-        } else if self.status_reason.as_deref().is_some_and(is_user_stop) {
-            (
+            return (FailureKind::ExitCode, summary);
+        }
+        if self.job_reason.as_deref().is_some_and(is_user_stop) {
+            return (
                 FailureKind::TerminatedByUser,
                 "stopped by a user".to_owned(),
-            )
-        } else {
-            (
-                FailureKind::Unknown,
-                "the job failed without an exit code".to_owned(),
-            )
-        };
-        // A user's stop wins over the exit code it caused (143 after TerminateJob).
-        let (kind, summary) = if kind == FailureKind::ExitCode
-            && self.status_reason.as_deref().is_some_and(is_user_stop)
-        {
-            (
-                FailureKind::TerminatedByUser,
-                format!("stopped by a user; {summary}"),
-            )
-        } else {
-            (kind, summary)
-        };
-        outcome.failure = Some(kind);
-        outcome.summary = Some(summary);
-        outcome
+            );
+        }
+        (
+            FailureKind::Unknown,
+            "the job failed without an exit code".to_owned(),
+        )
     }
 }
 

@@ -70,22 +70,25 @@ pub async fn run(
     config: TrackerConfig,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let mut watches: HashMap<String, Watch> = HashMap::new();
+    let mut poller = Poller {
+        watches: HashMap::new(),
+        config,
+        rng: fastrand::Rng::new(),
+    };
     let mut open = true;
-    let mut rng = fastrand::Rng::new();
     loop {
         // Drop jobs whose task has finished (it closed its receiver).
-        watches.retain(|_, w| !w.updates.is_closed());
-        if !open && watches.is_empty() {
+        poller.watches.retain(|_, w| !w.updates.is_closed());
+        if !open && poller.watches.is_empty() {
             return;
         }
         let now = Instant::now();
-        let next_due = watches.values().map(|w| w.next_due).min();
+        let next_due = poller.watches.values().map(|w| w.next_due).min();
         if next_due.is_none_or(|due| due > now) {
             let wake = next_due.unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
                 command = commands.recv(), if open => match command {
-                    Some(command) => apply(&mut watches, command),
+                    Some(command) => apply(&mut poller.watches, command),
                     None => open = false,
                 },
                 _ = tokio::time::sleep_until(wake) => {}
@@ -93,90 +96,113 @@ pub async fn run(
             continue;
         }
         while let Ok(command) = commands.try_recv() {
-            apply(&mut watches, command);
+            apply(&mut poller.watches, command);
         }
-        for batch in choose_batches(&watches, now) {
+        for batch in choose_batches(&poller.watches, now) {
             budget.acquire().await;
             let result = snapshot::describe(&client, &batch).await;
             let now = Instant::now();
             match result {
                 Ok(snapshots) => {
                     budget.succeeded();
-                    let mut seen = std::collections::HashSet::new();
-                    for snapshot in snapshots {
-                        let Some(watch) = watches.get_mut(&snapshot.job_id) else {
-                            continue;
-                        };
-                        seen.insert(snapshot.job_id.clone());
-                        watch.first_missing = None;
-                        watch.failing_since = None;
-                        watch.failure_reported = false;
-                        if watch.status != Some(snapshot.status) {
-                            watch.status = Some(snapshot.status);
-                            watch.status_since = now;
-                        }
-                        let interval = if watch.hurried {
-                            config.poll_min
-                        } else {
-                            poll_interval(&config, snapshot.status, now - watch.status_since)
-                        };
-                        watch.next_due = now + jitter(&mut rng, interval);
-                        let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));
-                    }
-                    for id in batch.iter().filter(|id| !seen.contains(*id)) {
-                        let Some(watch) = watches.get_mut(id) else {
-                            continue;
-                        };
-                        // Just submitted ids can be missing for a moment (eventual consistency).
-                        watch.failing_since = None;
-                        let since = *watch.first_missing.get_or_insert(now);
-                        if now - since > watch.not_found_grace {
-                            let _ = watch.updates.send(Update::NotFound);
-                            watches.remove(id);
-                        } else {
-                            watch.next_due = now + config.poll_min;
-                        }
-                    }
+                    poller.on_snapshots(&batch, snapshots, now);
                 }
                 Err(err) => {
                     if err.kind == AwsErrorKind::Throttled {
                         budget.throttled();
                     }
-                    let fatal = matches!(
-                        err.kind,
-                        AwsErrorKind::AccessDenied | AwsErrorKind::Credentials
-                    );
-                    let err = Arc::new(err);
-                    let mut gave_up = Vec::new();
-                    for id in &batch {
-                        let Some(watch) = watches.get_mut(id) else {
-                            continue;
-                        };
-                        if fatal {
-                            let _ = watch.updates.send(Update::Failed(err.clone()));
-                            gave_up.push(id.clone());
-                            continue;
-                        }
-                        // Try again later; the job's state is not lost by waiting. But a user
-                        // must hear of a failure that lasts, and not wait for it forever.
-                        let failing = now - *watch.failing_since.get_or_insert(now);
-                        if failing >= config.status_failure_limit {
-                            let _ = watch.updates.send(Update::GaveUp(err.clone(), failing));
-                            gave_up.push(id.clone());
-                            continue;
-                        }
-                        if failing >= config.status_failure_warning && !watch.failure_reported {
-                            watch.failure_reported = true;
-                            let _ = watch.updates.send(Update::Failing(err.clone(), failing));
-                        }
-                        watch.next_due =
-                            now + jitter(&mut rng, config.poll_max.min(Duration::from_secs(5)));
-                    }
-                    for id in gave_up {
-                        watches.remove(&id);
-                    }
+                    poller.on_error(&batch, err, now);
                 }
             }
+        }
+    }
+}
+
+/// The watched jobs and what to do with each answer.
+struct Poller {
+    watches: HashMap<String, Watch>,
+    config: TrackerConfig,
+    rng: fastrand::Rng,
+}
+
+impl Poller {
+    /// Hands each snapshot to its job and schedules its next poll; ids missing from the answer
+    /// are given their grace, then reported not found.
+    fn on_snapshots(&mut self, batch: &[String], snapshots: Vec<JobSnapshot>, now: Instant) {
+        let mut seen = std::collections::HashSet::new();
+        for snapshot in snapshots {
+            let Some(watch) = self.watches.get_mut(&snapshot.job_id) else {
+                continue;
+            };
+            seen.insert(snapshot.job_id.clone());
+            watch.first_missing = None;
+            watch.failing_since = None;
+            watch.failure_reported = false;
+            if watch.status != Some(snapshot.status) {
+                watch.status = Some(snapshot.status);
+                watch.status_since = now;
+            }
+            let interval = if watch.hurried {
+                self.config.poll_min
+            } else {
+                poll_interval(&self.config, snapshot.status, now - watch.status_since)
+            };
+            watch.next_due = now + jitter(&mut self.rng, interval);
+            let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));
+        }
+        for id in batch.iter().filter(|id| !seen.contains(*id)) {
+            let Some(watch) = self.watches.get_mut(id) else {
+                continue;
+            };
+            // Just submitted ids can be missing for a moment (eventual consistency).
+            watch.failing_since = None;
+            let since = *watch.first_missing.get_or_insert(now);
+            if now - since > watch.not_found_grace {
+                let _ = watch.updates.send(Update::NotFound);
+                self.watches.remove(id);
+            } else {
+                watch.next_due = now + self.config.poll_min;
+            }
+        }
+    }
+
+    /// A failed DescribeJobs: a denial ends following at once; anything else is tried again,
+    /// reported once it lasts, and given up past the limit.
+    fn on_error(&mut self, batch: &[String], err: AwsError, now: Instant) {
+        let fatal = matches!(
+            err.kind,
+            AwsErrorKind::AccessDenied | AwsErrorKind::Credentials
+        );
+        let err = Arc::new(err);
+        let mut gave_up = Vec::new();
+        for id in batch {
+            let Some(watch) = self.watches.get_mut(id) else {
+                continue;
+            };
+            if fatal {
+                let _ = watch.updates.send(Update::Failed(err.clone()));
+                gave_up.push(id.clone());
+                continue;
+            }
+            let failing = now - *watch.failing_since.get_or_insert(now);
+            if failing >= self.config.status_failure_limit {
+                let _ = watch.updates.send(Update::GaveUp(err.clone(), failing));
+                gave_up.push(id.clone());
+                continue;
+            }
+            if failing >= self.config.status_failure_warning && !watch.failure_reported {
+                watch.failure_reported = true;
+                let _ = watch.updates.send(Update::Failing(err.clone(), failing));
+            }
+            // The job's state is not lost by waiting.
+            watch.next_due = now
+                + jitter(
+                    &mut self.rng,
+                    self.config.poll_max.min(Duration::from_secs(5)),
+                );
+        }
+        for id in gave_up {
+            self.watches.remove(&id);
         }
     }
 }
