@@ -34,7 +34,6 @@ pub async fn run(
     mut updates: mpsc::UnboundedReceiver<Update>,
     events: EventSink,
 ) -> Result<Outcome, TrackError> {
-    let job_id = request.job_id.clone();
     // When the job ended (from its `stoppedAt`), for the followers' drain window.
     let (done_tx, done_rx) = watch::channel(None::<Instant>);
     let mut followers: JoinSet<FollowEnd> = JoinSet::new();
@@ -42,98 +41,57 @@ pub async fn run(
         ctx: &ctx,
         request: &request,
         events: &events,
-        job_id: job_id.clone(),
+        job_id: request.job_id.clone(),
         followed: HashSet::new(),
         status: None,
         status_since: Instant::now(),
         runnable_warned: false,
         stopped_for_runnable: false,
+        last: None,
+        ended: false,
+        step_end: None,
     };
-    let mut last: Option<JobSnapshot> = None;
-    let mut ended = false;
-    let mut step_end: Option<StepEnd> = None;
-
     loop {
         tokio::select! {
             // Batch's own word first, when both are there.
             biased;
-            update = updates.recv(), if !ended => {
-                let snapshot = match update {
-                    Some(Update::Snapshot(s)) => *s,
-                    Some(Update::NotFound) => return Err(TrackError::NotFound { job_id }),
-                    Some(Update::Failed(source)) => return Err(TrackError::Aws { job_id, source }),
-                    Some(Update::GaveUp(source, waited)) => {
-                        return Err(TrackError::StatusUnavailable { job_id, waited, source })
-                    }
-                    Some(Update::Failing(source, waited)) => {
-                        events(Event::Warning(Warning::StatusUnavailable {
-                            job_id: job_id.clone(),
-                            seconds: waited.as_secs(),
-                            reason: describe_error(&source),
-                        }));
-                        continue;
-                    }
-                    // The poller went away: the runtime is shutting down.
-                    None => return Err(TrackError::NotFound { job_id }),
+            update = updates.recv(), if !job.ended => {
+                let Some(snapshot) = job.snapshot_from(update)? else {
+                    continue;
                 };
                 job.on_snapshot(&snapshot, &mut followers, &done_rx).await?;
                 if snapshot.status.is_terminal() || request.once {
-                    ended = true;
+                    job.ended = true;
                     let _ = done_tx.send(Some(ended_at(&snapshot)));
                 } else if let Some(outcome) =
-                    step_end.and_then(|end| snapshot.outcome_from_step_end(end))
+                    job.step_end.and_then(|end| snapshot.outcome_from_step_end(end))
                 {
                     return Ok(job.finish(outcome));
                 }
-                last = Some(snapshot);
+                job.last = Some(snapshot);
             }
             Some(joined) = followers.join_next(), if !followers.is_empty() => {
-                match joined {
-                    Ok(FollowEnd::Complete(end)) => {
-                        events(Event::StepExited {
-                            job_id: job_id.clone(),
-                            job_name: last.as_ref().map(|s| s.job_name.clone()).unwrap_or_default(),
-                            end,
-                        });
-                        if step_end.is_none_or(|e| e.attempt <= end.attempt) {
-                            step_end = Some(end);
-                        }
-                        // Batch reports the end tens of seconds after it on AWS; look often.
-                        let _ = ctx.poller.send(poller::Command::Hurry { job_id: job_id.clone() });
-                        if !ended {
-                            if let Some(outcome) =
-                                last.as_ref().and_then(|s| s.outcome_from_step_end(end))
-                            {
-                                return Ok(job.finish(outcome));
-                            }
-                        }
-                    }
-                    // Status is known; a log stream we may not read must not hide the outcome,
-                    // but the user should hear of it now, not when the job ends.
-                    Ok(FollowEnd::Failed(err)) => events(Event::Warning(Warning::LogsUnavailable {
-                        job_id: job_id.clone(),
-                        reason: describe_error(&err),
-                    })),
-                    Ok(FollowEnd::Drained) | Err(_) => {}
+                if let Some(outcome) = job.on_follower_end(joined) {
+                    return Ok(job.finish(outcome));
                 }
             }
         }
-        if ended && followers.is_empty() {
+        if job.ended && followers.is_empty() {
             break;
         }
     }
-    let snapshot = last.expect("a snapshot ended the job");
+    let snapshot = job.last.take().expect("a snapshot ended the job");
     if !snapshot.status.is_terminal() {
         // `once` on a live job: there is no outcome yet.
         return Ok(snapshot.outcome_so_far());
     }
     if job.stopped_for_runnable {
         return Err(TrackError::RunnableTimeout {
-            job_id,
+            job_id: job.job_id,
             waited: ctx.config.runnable_timeout.unwrap_or_default(),
         });
     }
-    Ok(job.finish(snapshot.outcome(step_end)))
+    Ok(job.finish(snapshot.outcome(job.step_end)))
 }
 
 /// An AWS error in one line, with the service's own message.
@@ -170,9 +128,78 @@ struct FollowedJob<'a> {
     status_since: Instant,
     runnable_warned: bool,
     stopped_for_runnable: bool,
+    /// The latest snapshot, whether Batch reported the end, and what the last step end said.
+    last: Option<JobSnapshot>,
+    ended: bool,
+    step_end: Option<StepEnd>,
 }
 
 impl FollowedJob<'_> {
+    /// The snapshot in a poller update; `None` for a warning (sent on as an event).
+    fn snapshot_from(&self, update: Option<Update>) -> Result<Option<JobSnapshot>, TrackError> {
+        let job_id = self.job_id.clone();
+        match update {
+            Some(Update::Snapshot(s)) => Ok(Some(*s)),
+            Some(Update::NotFound) => Err(TrackError::NotFound { job_id }),
+            Some(Update::Failed(source)) => Err(TrackError::Aws { job_id, source }),
+            Some(Update::GaveUp(source, waited)) => Err(TrackError::StatusUnavailable {
+                job_id,
+                waited,
+                source,
+            }),
+            Some(Update::Failing(source, waited)) => {
+                (self.events)(Event::Warning(Warning::StatusUnavailable {
+                    job_id,
+                    seconds: waited.as_secs(),
+                    reason: describe_error(&source),
+                }));
+                Ok(None)
+            }
+            // The poller went away: the runtime is shutting down.
+            None => Err(TrackError::NotFound { job_id }),
+        }
+    }
+
+    /// A log follower ended: the step's end (which may decide the outcome), a stream we may
+    /// not read (said now, not when the job ends), or a drained stream.
+    fn on_follower_end(
+        &mut self,
+        joined: Result<FollowEnd, tokio::task::JoinError>,
+    ) -> Option<Outcome> {
+        match joined {
+            Ok(FollowEnd::Complete(end)) => {
+                (self.events)(Event::StepExited {
+                    job_id: self.job_id.clone(),
+                    job_name: self
+                        .last
+                        .as_ref()
+                        .map(|s| s.job_name.clone())
+                        .unwrap_or_default(),
+                    end,
+                });
+                if self.step_end.is_none_or(|e| e.attempt <= end.attempt) {
+                    self.step_end = Some(end);
+                }
+                // Batch reports the end tens of seconds after it on AWS; look often.
+                let _ = self.ctx.poller.send(poller::Command::Hurry {
+                    job_id: self.job_id.clone(),
+                });
+                if self.ended {
+                    return None;
+                }
+                self.last.as_ref()?.outcome_from_step_end(end)
+            }
+            Ok(FollowEnd::Failed(err)) => {
+                (self.events)(Event::Warning(Warning::LogsUnavailable {
+                    job_id: self.job_id.clone(),
+                    reason: describe_error(&err),
+                }));
+                None
+            }
+            Ok(FollowEnd::Drained) | Err(_) => None,
+        }
+    }
+
     fn finish(&self, outcome: Outcome) -> Outcome {
         (self.events)(Event::Exited(outcome.clone()));
         outcome
