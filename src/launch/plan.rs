@@ -1,0 +1,218 @@
+//! The read-only step of a launch: what the queue, the store and the definitions already hold,
+//! whether the queue can take the job, and the exact requests a real run will send (what
+//! `--dry-run` prints).
+
+use serde::Serialize;
+
+use super::environment;
+use super::jobdef::{self, JobDefinition, NameValue, Platform, Registered};
+use super::queue::{self, QueueInfo};
+use super::store::{PackageStore, Presence, S3Store};
+use super::submit::{
+    resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
+    REQUEST_ID_TAG,
+};
+use super::{LaunchError, Prepared};
+use crate::aws::Clients;
+use crate::error::ConfigError;
+use crate::event::Warning;
+use crate::spec::{BatchTarget, JobSpec};
+
+/// Batch's limit on a job definition's size.
+const MAX_DEFINITION_BYTES: usize = 24 * 1024;
+
+/// What a Batch launch will do, learned with read-only calls; `--dry-run` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub queue: QueueInfo,
+    pub package_url: String,
+    pub package_sha256: String,
+    pub package_bytes: u64,
+    /// The package is already stored: nothing to upload.
+    pub package_present: bool,
+    pub job_definition: JobDefinition,
+    /// An ACTIVE definition with the same content: nothing to register.
+    pub existing_definition: Option<Registered>,
+    pub submit_job: SubmitRequest,
+    /// What the plan found worth telling the user ([`plan`] has no event sink: the caller shows
+    /// these).
+    #[serde(skip)]
+    pub warnings: Vec<Warning>,
+}
+
+/// Learns what exists (queue, package, definition) without changing anything.
+pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, LaunchError> {
+    let target = prepared.spec.batch().ok_or(LaunchError::NotBatch)?;
+    let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
+    let sha = &prepared.package.sha256;
+    let definition_lookup = async {
+        let queue = queue::describe(&clients.batch, &target.queue)
+            .await?
+            .ok_or_else(|| LaunchError::QueueNotFound {
+                queue: target.queue.clone(),
+                region: clients.region().to_owned(),
+            })?;
+        let platform = check_fits(&queue, target, &prepared.spec)?;
+        let definition = JobDefinition::build(target, platform);
+        let size = definition.json_len();
+        if size > MAX_DEFINITION_BYTES {
+            return Err(ConfigError::OverLimit {
+                what: "the job definition in bytes".into(),
+                actual: size,
+                limit: MAX_DEFINITION_BYTES,
+            }
+            .into());
+        }
+        let existing = jobdef::find(&clients.batch, &definition).await?;
+        Ok::<_, LaunchError>((queue, definition, existing))
+    };
+    let (lookup, presence) = tokio::join!(definition_lookup, store.presence(sha));
+    let (queue, definition, existing) = lookup?;
+    let presence = presence?;
+    let mut warnings = Vec::new();
+    if presence == Presence::Unknown {
+        warnings.push(Warning::Notice {
+            message: format!(
+                "warning: S3 answered 403 to HeadObject on the package, so it may or may not be stored; it will be uploaded unless already there (conditional put). Grant s3:ListBucket on bucket {} to skip this upload.",
+                target.datastore_root.bucket
+            ),
+        });
+    }
+    let package_url = store.url(sha);
+    let definition_ref = existing
+        .as_ref()
+        .map(|e| e.arn.clone())
+        .unwrap_or_else(|| definition.job_definition_name.clone());
+    let mut submit_job = submit_request(
+        prepared,
+        target,
+        &package_url,
+        clients.region(),
+        definition_ref,
+    );
+    pass_s3_endpoint(&mut submit_job, clients);
+    submit_job.check_limits()?;
+    Ok(Plan {
+        queue,
+        package_url,
+        package_sha256: sha.clone(),
+        package_bytes: prepared.package.size,
+        package_present: presence == Presence::Present,
+        job_definition: definition,
+        existing_definition: existing,
+        submit_job,
+        warnings,
+    })
+}
+
+/// Whether the queue takes this job: enabled, and able to run what it asks for on its
+/// platform (Batch accepts a job no compute environment can place and leaves it RUNNABLE
+/// forever). Its platform, when it does.
+fn check_fits(
+    queue: &QueueInfo,
+    target: &BatchTarget,
+    spec: &JobSpec,
+) -> Result<Platform, LaunchError> {
+    if queue.state != "ENABLED" && !queue.state.is_empty() {
+        return Err(LaunchError::QueueDisabled {
+            queue: target.queue.clone(),
+            state: queue.state.clone(),
+        });
+    }
+    let platform = queue.platform();
+    let unfit = |flag: &'static str, value: String, why: String| -> LaunchError {
+        ConfigError::InvalidFlag {
+            flag,
+            value,
+            reason: format!("queue {} {why}", target.queue),
+        }
+        .into()
+    };
+    if platform == Platform::Fargate && target.execution_role_arn.is_none() {
+        return Err(ConfigError::Missing {
+            key: "METAFLOW_ECS_FARGATE_EXECUTION_ROLE",
+            flag: Some("--execution-role"),
+        }
+        .into());
+    }
+    let vcpu = spec.resources.vcpu;
+    if platform == Platform::Ec2 && vcpu.get().fract() != 0.0 {
+        return Err(unfit(
+            "--cpu",
+            vcpu.to_string(),
+            "runs on EC2, which takes whole vCPUs (fractions are for Fargate)".into(),
+        ));
+    }
+    if let Some(max) = queue.max_vcpus().filter(|max| vcpu.get() > f64::from(*max)) {
+        return Err(unfit(
+            "--cpu",
+            vcpu.to_string(),
+            format!("has no compute environment that reaches more than {max} vCPUs"),
+        ));
+    }
+    if platform == Platform::Fargate && spec.resources.gpu > 0 {
+        return Err(unfit(
+            "--gpu",
+            spec.resources.gpu.to_string(),
+            "runs on Fargate, which has no GPUs".into(),
+        ));
+    }
+    Ok(platform)
+}
+
+/// Gives the job the S3 endpoint the upload used when it came from `AWS_ENDPOINT_URL(_S3)`
+/// rather than `METAFLOW_S3_ENDPOINT_URL`: the container does not see this machine's environment,
+/// and without it the bootstrap looks for the package on AWS's S3 (and exits 121).
+fn pass_s3_endpoint(submit_job: &mut SubmitRequest, clients: &Clients) {
+    const NAME: &str = "METAFLOW_S3_ENDPOINT_URL";
+    let Some(endpoint) = clients.s3_endpoint_url() else {
+        return;
+    };
+    let environment = &mut submit_job.container_overrides.environment;
+    if !environment.iter().any(|kv| kv.name == NAME) {
+        environment.push(NameValue {
+            name: NAME.to_owned(),
+            value: endpoint.to_owned(),
+        });
+    }
+}
+
+fn submit_request(
+    prepared: &Prepared,
+    target: &BatchTarget,
+    package_url: &str,
+    region: &str,
+    job_definition: String,
+) -> SubmitRequest {
+    let spec = &prepared.spec;
+    let invocation = environment::invocation(prepared, package_url);
+    let additions = environment::batch_additions(target, region);
+    let environment = environment::job_environment(spec, &invocation, additions)
+        .into_iter()
+        .map(|(name, value)| NameValue { name, value })
+        .collect();
+    SubmitRequest {
+        job_name: spec.name.to_string(),
+        job_queue: target.queue.clone(),
+        job_definition,
+        container_overrides: ContainerOverrides {
+            environment,
+            resource_requirements: resource_requirements(&spec.resources),
+        },
+        tags: target
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            // Lets a SubmitJob whose answer was lost be found instead of sent again.
+            .chain([(
+                REQUEST_ID_TAG.to_owned(),
+                crate::bootstrap::end_record::new_nonce(),
+            )])
+            .collect(),
+        propagate_tags: true,
+        retry_strategy: RetryStrategy::for_retries(&target.retries),
+        timeout: target.timeout_seconds.map(|s| Timeout {
+            attempt_duration_seconds: s,
+        }),
+    }
+}
