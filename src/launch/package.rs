@@ -118,10 +118,6 @@ pub fn collect_cancellable(
     filter: &SuffixFilter,
     cancel: &AtomicBool,
 ) -> Result<Manifest, PackageError> {
-    let read_err = |path: &Path, source: io::Error| PackageError::Read {
-        path: path.to_owned(),
-        source,
-    };
     let canonical_root = root.canonicalize().map_err(|e| read_err(root, e))?;
     let mut manifest = Manifest::default();
     let mut walk = walkdir::WalkDir::new(&canonical_root)
@@ -135,87 +131,123 @@ pub fn collect_cancellable(
         let entry = match next {
             Ok(entry) => entry,
             Err(err) => {
-                // A dangling link or a loop: report it and go on with the rest of the tree.
-                if let Some(path) = err
-                    .path()
-                    .filter(|p| p.is_symlink() || err.loop_ancestor().is_some())
-                {
-                    manifest.skipped.push(Skipped {
-                        path: relative(&canonical_root, path),
-                        reason: SkipReason::BrokenLink,
-                    });
-                    continue;
-                }
-                let path = err.path().unwrap_or(&canonical_root).to_owned();
-                let io = err
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("walk failed"));
-                return Err(read_err(&path, io));
-            }
-        };
-        let is_dir = entry.file_type().is_dir();
-        let Some(name) = entry.file_name().to_str() else {
-            manifest.skipped.push(Skipped {
-                path: relative(&canonical_root, entry.path()),
-                reason: SkipReason::NonUtf8Name,
-            });
-            if is_dir {
-                walk.skip_current_dir();
-            }
-            continue;
-        };
-        if name.starts_with('.') || (is_dir && name == "__pycache__") {
-            if is_dir {
-                walk.skip_current_dir();
-            }
-            continue;
-        }
-        if entry.path_is_symlink() {
-            let target = entry
-                .path()
-                .canonicalize()
-                .map_err(|e| read_err(entry.path(), e))?;
-            if !target.starts_with(&canonical_root) {
-                manifest.skipped.push(Skipped {
-                    path: relative(&canonical_root, entry.path()),
-                    reason: SkipReason::LinkOutsideRoot,
-                });
-                if is_dir {
-                    walk.skip_current_dir();
-                }
+                manifest.skipped.push(unwalkable(&canonical_root, err)?);
                 continue;
             }
+        };
+        match visit(&canonical_root, &entry, filter)? {
+            Visit::Take(file) => manifest.files.push(file),
+            Visit::Skip(skipped) => manifest.skipped.push(skipped),
+            Visit::Ignore => {}
         }
-        if is_dir || !filter.matches(name) {
-            continue;
+        // A directory that is left out is not entered.
+        if entry.file_type().is_dir() && !entered(&canonical_root, &entry) {
+            walk.skip_current_dir();
         }
-        // The walk follows links, so this is the type of what a link points to.
-        if !entry.file_type().is_file() {
-            manifest.skipped.push(Skipped {
-                path: relative(&canonical_root, entry.path()),
-                reason: SkipReason::NotRegularFile,
-            });
-            continue;
-        }
-        let metadata = entry.metadata().map_err(|e| {
-            read_err(
-                entry.path(),
-                e.into_io_error()
-                    .unwrap_or_else(|| io::Error::other("stat failed")),
-            )
-        })?;
-        manifest.files.push(Entry {
-            path: relative(&canonical_root, entry.path()),
-            size: metadata.len(),
-            source: entry.path().to_owned(),
-            executable: is_executable(&metadata),
-        });
     }
     // Sort by the archive path's bytes so every machine and filesystem gives the same order.
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
     manifest.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     check_unique(&manifest)?;
     Ok(manifest)
+}
+
+fn read_err(path: &Path, source: io::Error) -> PackageError {
+    PackageError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A walk error: a dangling link or a loop is skipped (and reported); anything else fails.
+fn unwalkable(root: &Path, err: walkdir::Error) -> Result<Skipped, PackageError> {
+    if let Some(path) = err
+        .path()
+        .filter(|p| p.is_symlink() || err.loop_ancestor().is_some())
+    {
+        return Ok(Skipped {
+            path: relative(root, path),
+            reason: SkipReason::BrokenLink,
+        });
+    }
+    let path = err.path().unwrap_or(root).to_owned();
+    let io = err
+        .into_io_error()
+        .unwrap_or_else(|| io::Error::other("walk failed"));
+    Err(read_err(&path, io))
+}
+
+/// What the walk does with one entry.
+enum Visit {
+    Take(Entry),
+    Skip(Skipped),
+    Ignore,
+}
+
+/// Whether the walk goes into a directory: not hidden, not `__pycache__`, UTF-8 named, and not
+/// a link out of the package root.
+fn entered(root: &Path, entry: &walkdir::DirEntry) -> bool {
+    let Some(name) = entry.file_name().to_str() else {
+        return false;
+    };
+    !(name.starts_with('.') || name == "__pycache__")
+        && (!entry.path_is_symlink()
+            || entry
+                .path()
+                .canonicalize()
+                .is_ok_and(|target| target.starts_with(root)))
+}
+
+/// Decides one entry: a regular file with a wanted suffix is taken; hidden entries, caches and
+/// other suffixes are ignored; non-UTF-8 names, links out of the root and special files are
+/// skipped with a reason the user sees.
+fn visit(
+    root: &Path,
+    entry: &walkdir::DirEntry,
+    filter: &SuffixFilter,
+) -> Result<Visit, PackageError> {
+    let is_dir = entry.file_type().is_dir();
+    let skip = |reason| {
+        Ok(Visit::Skip(Skipped {
+            path: relative(root, entry.path()),
+            reason,
+        }))
+    };
+    let Some(name) = entry.file_name().to_str() else {
+        return skip(SkipReason::NonUtf8Name);
+    };
+    if name.starts_with('.') || (is_dir && name == "__pycache__") {
+        return Ok(Visit::Ignore);
+    }
+    if entry.path_is_symlink() {
+        let target = entry
+            .path()
+            .canonicalize()
+            .map_err(|e| read_err(entry.path(), e))?;
+        if !target.starts_with(root) {
+            return skip(SkipReason::LinkOutsideRoot);
+        }
+    }
+    if is_dir || !filter.matches(name) {
+        return Ok(Visit::Ignore);
+    }
+    // The walk follows links, so this is the type of what a link points to.
+    if !entry.file_type().is_file() {
+        return skip(SkipReason::NotRegularFile);
+    }
+    let metadata = entry.metadata().map_err(|e| {
+        read_err(
+            entry.path(),
+            e.into_io_error()
+                .unwrap_or_else(|| io::Error::other("stat failed")),
+        )
+    })?;
+    Ok(Visit::Take(Entry {
+        path: relative(root, entry.path()),
+        size: metadata.len(),
+        source: entry.path().to_owned(),
+        executable: is_executable(&metadata),
+    }))
 }
 
 /// Two files behind one archive path would silently become one when unpacked.
