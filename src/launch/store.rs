@@ -111,7 +111,6 @@ impl S3Store {
         key: &str,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), StoreError> {
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let created = self
             .client
             .create_multipart_upload()
@@ -136,66 +135,8 @@ impl S3Store {
             ended: false,
         };
         let result = async {
-            let mut parts = Vec::new();
-            let mut offset = 0;
-            let mut number = 1;
-            while offset < built.size {
-                let len = PART_SIZE.min(built.size - offset);
-                let body = ByteStream::read_from()
-                    .path(&built.path)
-                    .offset(offset)
-                    .length(aws_sdk_s3::primitives::Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        path: built.path.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.root.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .content_length(len as i64)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk(Service::S3, "UploadPart", e))?;
-                let e_tag = part
-                    .e_tag()
-                    .ok_or_else(|| AwsError::incomplete(Service::S3, "UploadPart", "ETag"))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .e_tag(e_tag)
-                        .build(),
-                );
-                offset += len;
-                number += 1;
-                progress(offset, built.size);
-            }
-            let completed = self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.root.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                // As for PutObject: the name is the content hash, so "already there" is success.
-                .if_none_match("*")
-                .send()
-                .await;
-            match completed {
-                Ok(_) => Ok(true),
-                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
-                Err(e) => Err(AwsError::from_sdk(Service::S3, "CompleteMultipartUpload", e).into()),
-            }
+            let parts = self.upload_parts(built, key, &upload_id, progress).await?;
+            self.complete(key, &upload_id, parts).await
         }
         .await;
         match result {
@@ -213,6 +154,86 @@ impl S3Store {
                 open.abort().await;
                 Err(e)
             }
+        }
+    }
+
+    /// Sends the package in [`PART_SIZE`] parts, reading each straight from the file.
+    async fn upload_parts(
+        &self,
+        built: &Built,
+        key: &str,
+        upload_id: &str,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<Vec<aws_sdk_s3::types::CompletedPart>, StoreError> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        let mut number = 1;
+        while offset < built.size {
+            let len = PART_SIZE.min(built.size - offset);
+            let body = ByteStream::read_from()
+                .path(&built.path)
+                .offset(offset)
+                .length(aws_sdk_s3::primitives::Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| StoreError::Io {
+                    path: built.path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.root.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(len as i64)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(Service::S3, "UploadPart", e))?;
+            let e_tag = part
+                .e_tag()
+                .ok_or_else(|| AwsError::incomplete(Service::S3, "UploadPart", "ETag"))?;
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(e_tag)
+                    .build(),
+            );
+            offset += len;
+            number += 1;
+            progress(offset, built.size);
+        }
+        Ok(parts)
+    }
+
+    /// Completes the upload; `false` when the object was already there (412).
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<aws_sdk_s3::types::CompletedPart>,
+    ) -> Result<bool, StoreError> {
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.root.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            // As for PutObject: the name is the content hash, so "already there" is success.
+            .if_none_match("*")
+            .send()
+            .await;
+        match completed {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
+            Err(e) => Err(AwsError::from_sdk(Service::S3, "CompleteMultipartUpload", e).into()),
         }
     }
 }
