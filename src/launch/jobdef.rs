@@ -186,25 +186,35 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
     let Some(p) = found.container_properties() else {
         return false;
     };
+    same_fields(found, p, def) && nothing_else(found, p)
+}
+
+/// Name/value pairs in a canonical order (Batch may return them in any).
+fn sorted(pairs: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut v: Vec<_> = pairs.collect();
+    v.sort();
+    v
+}
+
+/// Every field mfbatch sets has the value it would set.
+fn same_fields(
+    found: &aws_sdk_batch::types::JobDefinition,
+    p: &aws_sdk_batch::types::ContainerProperties,
+    def: &JobDefinition,
+) -> bool {
     let ours = &def.container_properties;
-    let sorted_env = |list: &mut dyn Iterator<Item = (String, String)>| {
-        let mut v: Vec<_> = list.collect();
-        v.sort();
-        v
-    };
-    let environment = sorted_env(&mut p.environment().iter().map(|kv| {
+    let environment = sorted(p.environment().iter().map(|kv| {
         (
             kv.name().unwrap_or_default().to_owned(),
             kv.value().unwrap_or_default().to_owned(),
         )
     }));
-    let our_environment = sorted_env(
-        &mut ours
-            .environment
+    let our_environment = sorted(
+        ours.environment
             .iter()
             .map(|kv| (kv.name.clone(), kv.value.clone())),
     );
-    let resources = sorted_env(&mut p.resource_requirements().iter().map(|r| {
+    let resources = sorted(p.resource_requirements().iter().map(|r| {
         (
             r.r#type()
                 .map(|t| t.as_str())
@@ -213,9 +223,8 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
             r.value().unwrap_or_default().to_owned(),
         )
     }));
-    let our_resources = sorted_env(
-        &mut ours
-            .resource_requirements
+    let our_resources = sorted(
+        ours.resource_requirements
             .iter()
             .map(|r| (r.kind.to_owned(), r.value.clone())),
     );
@@ -242,7 +251,7 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
         // Only Fargate uses it; on EC2 Batch ignores it.
         None => true,
     };
-    let same = found.r#type() == Some(def.kind)
+    found.r#type() == Some(def.kind)
         && found.propagate_tags().unwrap_or(false) == def.propagate_tags
         && platforms == our_platforms
         && p.image() == Some(ours.image.as_str())
@@ -251,9 +260,15 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
         && p.command() == ours.command.as_slice()
         && environment == our_environment
         && resources == our_resources
-        && network_ok;
-    // What mfbatch never sets must not be set either: host volumes, privileges, another user,
-    // secrets, a log driver, default retries or timeouts would all change what the job does.
+        && network_ok
+}
+
+/// What mfbatch never sets is not set either: host volumes, privileges, another user, secrets,
+/// a log driver, default retries or timeouts would all change what the job does.
+fn nothing_else(
+    found: &aws_sdk_batch::types::JobDefinition,
+    p: &aws_sdk_batch::types::ContainerProperties,
+) -> bool {
     let default_platform = p
         .fargate_platform_configuration()
         .is_none_or(|f| f.platform_version().is_none_or(|v| v == "LATEST"));
@@ -261,7 +276,7 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
         r.operating_system_family().is_none_or(|o| o == "LINUX")
             && r.cpu_architecture().is_none_or(|a| a == "X86_64")
     });
-    let nothing_else = p.volumes().is_empty()
+    let container_defaults = p.volumes().is_empty()
         && p.mount_points().is_empty()
         && p.ulimits().is_empty()
         && p.secrets().is_empty()
@@ -275,7 +290,8 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
         && p.repository_credentials().is_none()
         && p.ephemeral_storage().is_none()
         && default_platform
-        && default_runtime
+        && default_runtime;
+    container_defaults
         && found.retry_strategy().is_none()
         && found.timeout().is_none()
         && found.parameters().is_none_or(|m| m.is_empty())
@@ -283,8 +299,7 @@ pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefini
         && found.ecs_properties().is_none()
         && found.eks_properties().is_none()
         && found.scheduling_priority().is_none()
-        && found.consumable_resource_properties().is_none();
-    same && nothing_else
+        && found.consumable_resource_properties().is_none()
 }
 
 /// Registers the definition (the caller has looked for an ACTIVE one with [`find`]).
