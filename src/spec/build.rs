@@ -132,29 +132,6 @@ fn batch_target(
                 .into(),
         ));
     }
-    let s3_endpoint_url = settings.get(Key::S3EndpointUrl).map(str::to_owned);
-    if let Some(r) = settings.resolved(Key::S3EndpointUrl) {
-        if !(r.value.starts_with("http://") || r.value.starts_with("https://")) {
-            return Err(setting_error(
-                Key::S3EndpointUrl,
-                r,
-                "expected an http:// or https:// URL".into(),
-            ));
-        }
-    }
-    let s3_server_side_encryption = match settings.resolved(Key::S3ServerSideEncryption) {
-        Some(r) if ["AES256", "aws:kms", "aws:kms:dsse"].contains(&r.value.as_str()) => {
-            Some(r.value.clone())
-        }
-        Some(r) => {
-            return Err(setting_error(
-                Key::S3ServerSideEncryption,
-                r,
-                "expected AES256, aws:kms or aws:kms:dsse".into(),
-            ))
-        }
-        None => None,
-    };
     let python = match &options.python {
         Some(v) => Some(
             PythonVersion::parse(v)
@@ -167,49 +144,6 @@ fn batch_target(
         settings.get(Key::BatchContainerRegistry),
         || python.map(Ok).unwrap_or_else(PythonVersion::detect_local),
     )?;
-
-    let mut tags = Tags::default();
-    // Derived from file and user names, which may hold anything: made valid, never refused.
-    tags.insert_sanitized("mfbatch.version", env!("CARGO_PKG_VERSION"));
-    tags.insert_sanitized("mfbatch.script", script);
-    if let Some(user) = user {
-        tags.insert_sanitized("mfbatch.user", user);
-    }
-    if let Some(r) = settings.resolved(Key::BatchDefaultTags) {
-        tags.insert_json(&r.origin.to_string(), &r.value)?;
-    }
-    for tag in &options.tags {
-        tags.insert_pair(tag)?;
-    }
-    // One more tag comes with every job: `mfbatch.request-id`.
-    tags.check_count(1)?;
-
-    let timeout_seconds = match &options.timeout_seconds {
-        Some(t) => {
-            let secs: u64 = t
-                .trim()
-                .parse()
-                .map_err(|_| invalid("--timeout", t, "expected a whole number of seconds"))?;
-            if secs < MIN_TIMEOUT_SECONDS {
-                return Err(invalid(
-                    "--timeout",
-                    t,
-                    "AWS Batch needs at least 60 seconds",
-                ));
-            }
-            // Batch takes a 32-bit signed number of seconds (about 68 years).
-            if i32::try_from(secs).is_err() {
-                return Err(invalid(
-                    "--timeout",
-                    t,
-                    &format!("AWS Batch takes at most {} seconds", i32::MAX),
-                ));
-            }
-            Some(secs)
-        }
-        None => None,
-    };
-
     Ok(BatchTarget {
         image,
         queue,
@@ -226,12 +160,91 @@ fn batch_target(
             .get(Key::CondaPackageS3Root)
             .unwrap_or_default()
             .to_owned(),
-        s3_endpoint_url,
-        s3_server_side_encryption,
-        tags,
-        timeout_seconds,
+        s3_endpoint_url: s3_endpoint_url(settings)?,
+        s3_server_side_encryption: s3_server_side_encryption(settings)?,
+        tags: tags(settings, options, user, script)?,
+        timeout_seconds: timeout_seconds(options)?,
         retries: retries(options)?,
     })
+}
+
+fn s3_endpoint_url(settings: &Settings) -> Result<Option<String>, ConfigError> {
+    match settings.resolved(Key::S3EndpointUrl) {
+        Some(r) if !(r.value.starts_with("http://") || r.value.starts_with("https://")) => {
+            Err(setting_error(
+                Key::S3EndpointUrl,
+                r,
+                "expected an http:// or https:// URL".into(),
+            ))
+        }
+        _ => Ok(settings.get(Key::S3EndpointUrl).map(str::to_owned)),
+    }
+}
+
+fn s3_server_side_encryption(settings: &Settings) -> Result<Option<String>, ConfigError> {
+    match settings.resolved(Key::S3ServerSideEncryption) {
+        Some(r) if ["AES256", "aws:kms", "aws:kms:dsse"].contains(&r.value.as_str()) => {
+            Ok(Some(r.value.clone()))
+        }
+        Some(r) => Err(setting_error(
+            Key::S3ServerSideEncryption,
+            r,
+            "expected AES256, aws:kms or aws:kms:dsse".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// mfbatch's own tags, then `METAFLOW_BATCH_DEFAULT_TAGS`, then `--tag`; within Batch's count.
+fn tags(
+    settings: &Settings,
+    options: &RunOptions,
+    user: Option<&str>,
+    script: &str,
+) -> Result<Tags, ConfigError> {
+    let mut tags = Tags::default();
+    // Derived from file and user names, which may hold anything: made valid, never refused.
+    tags.insert_sanitized("mfbatch.version", env!("CARGO_PKG_VERSION"));
+    tags.insert_sanitized("mfbatch.script", script);
+    if let Some(user) = user {
+        tags.insert_sanitized("mfbatch.user", user);
+    }
+    if let Some(r) = settings.resolved(Key::BatchDefaultTags) {
+        tags.insert_json(&r.origin.to_string(), &r.value)?;
+    }
+    for tag in &options.tags {
+        tags.insert_pair(tag)?;
+    }
+    // One more tag comes with every job: `mfbatch.request-id`.
+    tags.check_count(1)?;
+    Ok(tags)
+}
+
+/// `--timeout`: at least Batch's minimum, at most what its 32-bit field holds.
+fn timeout_seconds(options: &RunOptions) -> Result<Option<u64>, ConfigError> {
+    let Some(t) = &options.timeout_seconds else {
+        return Ok(None);
+    };
+    let secs: u64 = t
+        .trim()
+        .parse()
+        .map_err(|_| invalid("--timeout", t, "expected a whole number of seconds"))?;
+    if secs < MIN_TIMEOUT_SECONDS {
+        return Err(invalid(
+            "--timeout",
+            t,
+            "AWS Batch needs at least 60 seconds",
+        ));
+    }
+    // Batch takes a 32-bit signed number of seconds (about 68 years).
+    if i32::try_from(secs).is_err() {
+        return Err(invalid(
+            "--timeout",
+            t,
+            &format!("AWS Batch takes at most {} seconds", i32::MAX),
+        ));
+    }
+    Ok(Some(secs))
 }
 
 /// Batch allows 10 attempts in all.
