@@ -52,7 +52,11 @@ impl Clients {
                     .tls_provider(Provider::Rustls(CryptoMode::Ring))
                     .build()
             });
-        let retry = RetryConfig::standard().with_max_attempts(options.max_attempts.unwrap_or(5));
+        let retry = RetryConfig::standard().with_max_attempts(
+            options
+                .max_attempts
+                .unwrap_or(crate::retry::SDK_MAX_ATTEMPTS),
+        );
         let config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .retry_config(retry)

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::{AwsError, AwsErrorKind, ConfigError, Service};
 use crate::launch::jobdef::{NameValue, Requirement};
+use crate::retry::{DEFINITION_VISIBLE_TRIES, SUBMIT_LOOKUP_WAITS, SUBMIT_TRIES};
 use crate::spec::{Resources, MAX_TAGS};
 
 /// Batch's limit on the JSON of `containerOverrides`, enforced only when the task starts.
@@ -25,22 +26,8 @@ pub const MAX_OVERRIDES_CHARS: usize = 8192;
 /// Batch's limit on the whole SubmitJob request.
 pub const MAX_REQUEST_BYTES: usize = 30 * 1024;
 
-/// Tries of SubmitJob while a just-registered definition is not yet visible (0.5 + 1 + 2 s).
-const DEFINITION_VISIBLE_TRIES: usize = 4;
-
 /// The tag carrying each launch's random request id.
 pub const REQUEST_ID_TAG: &str = "mfbatch.request-id";
-
-/// Sends of one SubmitJob in all (the first included).
-const SUBMIT_TRIES: u32 = 5;
-
-/// Waits before each look for a job whose SubmitJob answer was lost: Batch lists a new job a
-/// moment after creating it.
-const LOOKUP_WAITS: [Duration; 3] = [
-    Duration::ZERO,
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-];
 
 /// Jobs of the same name created this long before the send still count as candidates (clock
 /// skew between this machine and AWS).
@@ -330,7 +317,7 @@ impl SubmitRequest {
         let Some(request_id) = self.tags.get(REQUEST_ID_TAG) else {
             return Ok(None);
         };
-        for wait in LOOKUP_WAITS {
+        for wait in SUBMIT_LOOKUP_WAITS {
             tokio::time::sleep(wait).await;
             let mut candidates = Vec::new();
             let mut pages = client

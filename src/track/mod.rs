@@ -73,8 +73,8 @@ impl Default for TrackerConfig {
             drain_quiet: Duration::from_millis(crate::settings::DEFAULT_DRAIN_QUIET_MS),
             drain_max: Duration::from_secs(60),
             not_found_grace: Duration::from_secs(30),
-            status_failure_warning: Duration::from_secs(30),
-            status_failure_limit: Duration::from_secs(300),
+            status_failure_warning: crate::retry::STATUS_FAILURE_WARNING,
+            status_failure_limit: crate::retry::STATUS_FAILURE_LIMIT,
             runnable_warning: Duration::from_secs(300),
             runnable_timeout: None,
         }
