@@ -15,6 +15,9 @@ const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 #[derive(Debug, Default)]
 pub(super) struct LogStream {
     pub(super) events: Vec<(i64, String)>,
+    /// Each event's ingestion time and event id, assigned when a reader first could see it
+    /// (events are appended under the lock, so that is when it was ingested).
+    ingested: Vec<(i64, u64)>,
     pub(super) pending: Vec<Pending>,
     /// GetLogEvents calls served so far.
     reads: usize,
@@ -77,6 +80,20 @@ fn invalid(message: &str) -> ResponseTemplate {
     error(400, "InvalidParameterException", message)
 }
 
+fn filter_token((t, i, id): (i64, i64, u64)) -> String {
+    format!("flt/{t}/{i}/{id}")
+}
+
+fn parse_filter_token(token: &str) -> Option<(i64, i64, u64)> {
+    let mut parts = token.strip_prefix("flt/")?.split('/');
+    let key = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(key)
+}
+
 fn token(direction: char, salt: u64, position: usize) -> String {
     format!("{direction}/{salt:016}{position:040}")
 }
@@ -96,6 +113,18 @@ fn parse_token(token: &str) -> Option<(char, u64, usize)> {
         digits[..16].parse().ok()?,
         digits[16..].parse().ok()?,
     ))
+}
+
+impl LogStream {
+    /// Gives every event appended since the last look its ingestion time (now: events are
+    /// appended under the lock, so that is when they became readable) and event id.
+    pub(super) fn ingest(&mut self, next_id: &mut u64) {
+        let now = now_ms();
+        while self.ingested.len() < self.events.len() {
+            *next_id += 1;
+            self.ingested.push((now, *next_id));
+        }
+    }
 }
 
 impl State {
@@ -136,6 +165,7 @@ impl State {
     pub(super) fn logs(&mut self, op: &str, body: &Value) -> ResponseTemplate {
         match op {
             "GetLogEvents" => self.get_log_events(body),
+            "FilterLogEvents" => self.filter_log_events(body),
             "DescribeLogStreams" => self.describe_log_streams(body),
             other => error(
                 400,
@@ -191,8 +221,14 @@ impl State {
             |r| matches!(r, Release::AfterReads(n) if reads >= *n),
         );
         let empty_every = self.empty_log_page_every;
+        let mut next_id = self.next_event_id;
         let stream = self.stream_mut(&group, &name);
+        stream.ingest(&mut next_id);
         stream.reads += 1;
+        let stream_events = stream.events.len();
+        let _ = stream_events;
+        self.next_event_id = next_id;
+        let stream = self.stream_mut(&group, &name);
         let events: Vec<&(i64, String)> = stream
             .events
             .iter()
@@ -249,6 +285,120 @@ impl State {
             "nextForwardToken": next_forward,
             "nextBackwardToken": next_backward,
         }))
+    }
+
+    /// FilterLogEvents over named streams (≤100; one missing name fails the whole call, as on
+    /// AWS) or a name prefix, between `startTime` and `endTime` (both inclusive), sorted by
+    /// timestamp, ingestion time and event id. The token is the sort key of the last event
+    /// returned, so pages stay right while events are appended.
+    fn filter_log_events(&mut self, body: &Value) -> ResponseTemplate {
+        let group = body["logGroupName"]
+            .as_str()
+            .or_else(|| body["logGroupIdentifier"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let names: Option<Vec<String>> = body["logStreamNames"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        });
+        let prefix = body["logStreamNamePrefix"].as_str().map(str::to_owned);
+        if names.is_some() && prefix.is_some() {
+            return invalid("logStreamNames and logStreamNamePrefix are mutually exclusive");
+        }
+        if names
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 100)
+        {
+            return invalid("logStreamNames takes 1 to 100 names");
+        }
+        let limit = match body["limit"].as_i64() {
+            None => 10_000,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => return invalid("limit must be between 1 and 10000"),
+        }
+        .min(self.log_page_size);
+        let after: Option<(i64, i64, u64)> = match body["nextToken"].as_str() {
+            None => None,
+            Some(t) => match parse_filter_token(t) {
+                Some(k) => Some(k),
+                None => return invalid("The specified nextToken is invalid."),
+            },
+        };
+        let (start, end) = (body["startTime"].as_i64(), body["endTime"].as_i64());
+        let Some(streams) = self.log_groups.get_mut(&group) else {
+            return not_found("log group");
+        };
+        if let Some(names) = &names {
+            for name in names {
+                match streams.get_mut(name) {
+                    Some(s) if s.missing_reads == 0 => {}
+                    Some(s) => {
+                        s.missing_reads -= 1;
+                        return not_found("log stream");
+                    }
+                    None => return not_found("log stream"),
+                }
+            }
+        }
+        let mut matching: Vec<(i64, i64, u64, &str, &str)> = Vec::new();
+        let next_id = &mut self.next_event_id;
+        for s in streams.values_mut() {
+            s.ingest(next_id);
+        }
+        for (name, s) in streams.iter() {
+            let wanted = match (&names, &prefix) {
+                (Some(names), _) => names.contains(name),
+                (None, Some(p)) => name.starts_with(p.as_str()),
+                (None, None) => true,
+            };
+            if !wanted || s.missing_reads > 0 {
+                continue;
+            }
+            for ((t, m), (ingested, id)) in s.events.iter().zip(&s.ingested) {
+                if start.is_some_and(|st| *t < st) || end.is_some_and(|e| *t > e) {
+                    continue;
+                }
+                let key = (*t, *ingested, *id);
+                if after.is_some_and(|a| key <= a) {
+                    continue;
+                }
+                matching.push((*t, *ingested, *id, name.as_str(), m.as_str()));
+            }
+        }
+        matching.sort_by_key(|(t, i, id, _, _)| (*t, *i, *id));
+        self.filter_calls += 1;
+        let empty_every = self.empty_filter_page_every;
+        if empty_every > 0 && !matching.is_empty() && self.filter_calls.is_multiple_of(empty_every)
+        {
+            // An empty page while more data remains, with a token that resumes where it was.
+            let mut out = json!({ "events": [], "searchedLogStreams": [] });
+            out["nextToken"] = json!(match after {
+                Some(k) => filter_token(k),
+                None => filter_token((i64::MIN, i64::MIN, 0)),
+            });
+            return ok(out);
+        }
+        let more = matching.len() > limit;
+        let page: Vec<Value> = matching
+            .iter()
+            .take(limit)
+            .map(|(t, ingested, id, stream, message)| {
+                json!({
+                    "logStreamName": stream,
+                    "timestamp": t,
+                    "message": message,
+                    "ingestionTime": ingested,
+                    "eventId": format!("{id:056}"),
+                })
+            })
+            .collect();
+        let mut out = json!({ "events": page, "searchedLogStreams": [] });
+        if more {
+            let (t, i, id, _, _) = matching[limit - 1];
+            out["nextToken"] = json!(filter_token((t, i, id)));
+        }
+        ok(out)
     }
 
     fn describe_log_streams(&self, body: &Value) -> ResponseTemplate {

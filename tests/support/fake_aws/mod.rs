@@ -115,6 +115,9 @@ pub(crate) struct State {
     empty_log_page_every: usize,
     forward_data_reads: usize,
     last_log_ms: i64,
+    next_event_id: u64,
+    filter_calls: usize,
+    empty_filter_page_every: usize,
     scripted_faults: Vec<ScriptedFault>,
     random_faults: Option<RandomFaults>,
     fault_rng: fastrand::Rng,
@@ -140,6 +143,9 @@ impl State {
             empty_log_page_every: 0,
             forward_data_reads: 0,
             last_log_ms: 0,
+            next_event_id: 0,
+            filter_calls: 0,
+            empty_filter_page_every: 0,
             scripted_faults: Vec::new(),
             random_faults: None,
             fault_rng: fastrand::Rng::with_seed(seed),
@@ -452,6 +458,13 @@ impl FakeAws {
     pub fn set_log_page_size(&self, events: usize) {
         assert!(events > 0);
         self.state().log_page_size = events;
+    }
+
+    /// Every `n`th FilterLogEvents call that has data answers an empty page with a token that
+    /// resumes where it was, as CloudWatch sometimes does (0: never).
+    pub fn set_empty_filter_page_every(&self, n: usize) {
+        assert!(n != 1, "every page empty would never progress");
+        self.state().empty_filter_page_every = n;
     }
 
     /// Every `n`th forward GetLogEvents read that has data answers an empty page with a new
