@@ -313,7 +313,7 @@ impl Writer {
                 self.status(format!("Stopping job {job_id} ({reason})"));
             }
             // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
-            Event::StepExited { .. } => {}
+            Event::StepExited { .. } | Event::AttemptStarted { .. } => {}
             Event::Exited(outcome) => {
                 // Decided by the step's end records: Batch's own status comes later.
                 let batch_later = (outcome.decided_by == DecidedBy::EndRecord)
