@@ -195,6 +195,14 @@ pub enum Event {
         job_id: String,
         reason: String,
     },
+    /// An attempt's log stream appeared (the attempt runs); Metaflow's metadata records it.
+    AttemptStarted {
+        job_id: String,
+        /// Batch's attempt, 1-based.
+        attempt: usize,
+        log_group: String,
+        log_stream: String,
+    },
     /// An attempt's step exited and its output has all been read (both end records came).
     StepExited {
         job_id: String,

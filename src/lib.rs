@@ -42,6 +42,7 @@ pub mod error;
 pub mod event;
 pub mod launch;
 pub mod local;
+pub mod metadata;
 pub mod retry;
 pub mod s3url;
 pub mod settings;

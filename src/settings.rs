@@ -41,11 +41,17 @@ pub enum Key {
     DatastoreSysrootLocal,
     DrainQuietMs,
     PollMinMs,
+    // Metaflow's metadata settings (issue #10).
+    DefaultMetadata,
+    ServiceUrl,
+    ServiceInternalUrl,
+    ServiceAuthKey,
+    ServiceHeaders,
 }
 
 impl Key {
     /// Every key, in the order `mfbatch config` shows them.
-    pub const ALL: [Key; 16] = [
+    pub const ALL: [Key; 21] = [
         Key::DatastoreSysrootS3,
         Key::DatatoolsS3Root,
         Key::CondaPackageS3Root,
@@ -62,6 +68,11 @@ impl Key {
         Key::DatastoreSysrootLocal,
         Key::DrainQuietMs,
         Key::PollMinMs,
+        Key::DefaultMetadata,
+        Key::ServiceUrl,
+        Key::ServiceInternalUrl,
+        Key::ServiceAuthKey,
+        Key::ServiceHeaders,
     ];
 
     /// The environment-variable name, which is also the key in Metaflow's config files.
@@ -83,6 +94,11 @@ impl Key {
             Key::DatastoreSysrootLocal => "METAFLOW_DATASTORE_SYSROOT_LOCAL",
             Key::DrainQuietMs => "MFBATCH_DRAIN_QUIET_MS",
             Key::PollMinMs => "MFBATCH_POLL_MIN_MS",
+            Key::DefaultMetadata => "METAFLOW_DEFAULT_METADATA",
+            Key::ServiceUrl => "METAFLOW_SERVICE_URL",
+            Key::ServiceInternalUrl => "METAFLOW_SERVICE_INTERNAL_URL",
+            Key::ServiceAuthKey => "METAFLOW_SERVICE_AUTH_KEY",
+            Key::ServiceHeaders => "METAFLOW_SERVICE_HEADERS",
         }
     }
 
@@ -94,6 +110,7 @@ impl Key {
             Key::BatchContainerImage => Some("--image"),
             Key::EcsFargateExecutionRole => Some("--execution-role"),
             Key::DatastoreSysrootS3 => Some("--datastore-root"),
+            Key::DefaultMetadata => Some("--no-metadata"),
             _ => None,
         }
     }
@@ -360,12 +377,15 @@ fn default_for(key: Key, so_far: &Settings, env: &BTreeMap<String, String>) -> O
         }
         Key::DrainQuietMs => Some(DEFAULT_DRAIN_QUIET_MS.to_string()),
         Key::PollMinMs => Some(DEFAULT_POLL_MIN_MS.to_string()),
+        // Metaflow's defaults: local metadata, and the internal URL is the public one.
+        Key::DefaultMetadata => Some("local".to_owned()),
+        Key::ServiceInternalUrl => so_far.get(Key::ServiceUrl).map(str::to_owned),
         _ => None,
     }
 }
 
 /// The user's cache directory, following the XDG convention.
-fn cache_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+pub(crate) fn cache_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
     if let Some(dir) = env.get("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
     }
@@ -509,6 +529,16 @@ pub fn redact(name: &str, value: &str) -> String {
     if is_secret(name) {
         return REDACTED.to_owned();
     }
+    // Headers for the metadata service carry its API key: show their names only.
+    if name.to_ascii_uppercase().ends_with("SERVICE_HEADERS") {
+        return match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value) {
+            Ok(map) => serde_json::Value::Object(
+                map.into_iter().map(|(k, _)| (k, REDACTED.into())).collect(),
+            )
+            .to_string(),
+            Err(_) => REDACTED.to_owned(),
+        };
+    }
     let Some((scheme, rest)) = value.split_once("://") else {
         return value.to_owned();
     };
@@ -541,6 +571,11 @@ mod tests {
             "https://jane:********@s3.example.com/x"
         );
         assert_eq!(redact("MODE", "fast"), "fast");
+        assert_eq!(
+            redact("METAFLOW_SERVICE_HEADERS", r#"{"x-api-key": "k1"}"#),
+            r#"{"x-api-key":"********"}"#
+        );
+        assert_eq!(redact("METAFLOW_SERVICE_HEADERS", "not json k1"), REDACTED);
         assert_eq!(
             redact("URL", "https://s3.example.com"),
             "https://s3.example.com"

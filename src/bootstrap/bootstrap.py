@@ -3,6 +3,7 @@ run as `python -u -c "$MFBATCH_BOOTSTRAP"`. Env: MFBATCH_PACKAGE_URL (s3://,
 file://), MFBATCH_PACKAGE_SHA256, MFBATCH_PACKAGE_FILES (regular files in it),
 MFBATCH_SCRIPT, MFBATCH_ARGS (JSON list), MFBATCH_WORKDIR_PARENT,
 MFBATCH_END_NONCE, MFBATCH_BOOTSTRAP_RETRY_BASE_SECONDS (1),
+MFBATCH_TASK_HEARTBEAT_URL + METAFLOW_SERVICE_HEADERS (Metaflow task heartbeat),
 METAFLOW_S3_ENDPOINT_URL, AWS_REGION and the usual AWS credential sources.
 
 Exit: the step's code, 128+N if it died by signal N; before it runs:
@@ -287,6 +288,33 @@ def step_env(env, root):
     return out
 
 
+def heartbeat(env):
+    """Metaflow's task heartbeat while the step runs: best effort, silent,
+    never affecting the step (a daemon thread; every error is ignored)."""
+    url = env.get("MFBATCH_TASK_HEARTBEAT_URL", "").strip()
+    if not url.startswith(("http://", "https://")):
+        return
+    try:
+        hdrs = {str(k): str(v) for k, v in json.loads(env.get("METAFLOW_SERVICE_HEADERS") or "{}").items()}
+    except (ValueError, AttributeError):
+        hdrs = {}
+    hdrs["Content-Type"] = "application/json"
+
+    def beat():
+        while True:
+            wait = 10.0
+            try:
+                with request.urlopen(request.Request(url, b"{}", hdrs, method="POST"), timeout=5) as r:
+                    body = json.loads(r.read(4096).decode() or "{}")
+                    body = json.loads(body) if isinstance(body, str) else body
+                    wait = min(max(float(body.get("wait_time_in_seconds", 10)), 1.0), 600.0)
+            except Exception:  # noqa: BLE001 - the step must never see it
+                pass
+            time.sleep(wait)
+    import threading
+    threading.Thread(target=beat, daemon=True).start()
+
+
 def run():
     """(exit code, "step" | "bootstrap")."""
     t0 = time.monotonic()
@@ -302,6 +330,7 @@ def run():
     if os.environ.get("MFBATCH_BOOTSTRAP_VERBOSE"):  # the job's output is the step's alone
         log("package %s ready in %.1f s, running %s" % (
             os.environ["MFBATCH_PACKAGE_SHA256"].strip()[:12], time.monotonic() - t0, script))
+    heartbeat(os.environ)
     try:
         _child.append(subprocess.Popen([sys.executable, "-u", script] + args, cwd=root,
                                        env=step_env(os.environ, root)))

@@ -43,6 +43,17 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop jobs: cancel them before they run, terminate them after.
     Kill(KillArgs),
+    /// Metaflow metadata: `sync` sends the records still in the local spool.
+    Metadata {
+        #[command(subcommand)]
+        command: MetadataCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetadataCommand {
+    /// Send the records earlier commands could not (the metadata service was down).
+    Sync,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +139,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub local: bool,
 
+    /// Metaflow flow to record the job in (default: from the script's name, e.g. TrainFlow).
+    #[arg(long, value_name = "NAME")]
+    pub flow: Option<String>,
+    /// Join this existing Metaflow run instead of starting a new one.
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Metaflow step of the job (default: from the script's name).
+    #[arg(long, value_name = "NAME")]
+    pub step: Option<String>,
+    /// Record nothing in Metaflow's metadata [env: METAFLOW_DEFAULT_METADATA=none].
+    #[arg(long)]
+    pub no_metadata: bool,
+
     /// Arguments for the script, after `--`.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub args: Vec<String>,
@@ -135,7 +159,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Job ids.
+    /// Job ids, or one Metaflow pathspec FLOW/RUN[/STEP[/TASK]].
     #[arg(required = true)]
     pub job_ids: Vec<String>,
     /// Only this attempt (1 is the first); default: every attempt.
@@ -154,7 +178,7 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Job ids.
+    /// Job ids, or one Metaflow pathspec FLOW/RUN[/STEP[/TASK]].
     #[arg(required = true)]
     pub job_ids: Vec<String>,
 }

@@ -44,6 +44,7 @@ pub async fn follow(
     config: TrackerConfig,
     requests: Vec<FollowRequest>,
     renderer: Renderer,
+    observer: Option<EventSink>,
     interrupts: Interrupts<'_>,
     global: super::Global,
 ) -> Result<u8, Failure> {
@@ -55,6 +56,14 @@ pub async fn follow(
     let tracker = Tracker::new(clients, config);
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let sink = recording_sink(renderer.sink(), seen.clone());
+    // The observer (the metadata recorder) sees each event before it is rendered.
+    let sink: EventSink = match observer {
+        Some(observer) => Arc::new(move |event: Event| {
+            observer(event.clone());
+            sink(event)
+        }),
+        None => sink,
+    };
     let mut jobs = JoinSet::new();
     let ids: Vec<String> = requests.iter().map(|r| r.job_id.clone()).collect();
     for request in requests {

@@ -35,6 +35,9 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
     if args.attempt == Some(0) {
         return Err(Failure::usage_message("--attempt counts from 1", None));
     }
+    if let Some(spec) = super::pathspec_cmd::pathspec_arg(&args.job_ids)? {
+        return super::pathspec_cmd::logs(spec, args, since, global).await;
+    }
     let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     let settings = settings::resolve(&Sources::from_process(BTreeMap::new()))?;
     let clients = clients().await?;
@@ -54,6 +57,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         follow::tracker_config(&settings, None, None)?,
         requests,
         follow::renderer(&global, args.job_ids.len() > 1, args.timestamps),
+        None,
         Interrupts {
             on_interrupt: OnInterrupt::Leave,
             signals: &mut signals,
@@ -83,6 +87,9 @@ fn aws_failure(e: AwsError) -> Failure {
 }
 
 pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
+    if let Some(spec) = super::pathspec_cmd::pathspec_arg(&args.job_ids)? {
+        return super::pathspec_cmd::status(spec, global).await;
+    }
     let clients = clients().await?;
     let snapshots = describe(&clients, &args.job_ids).await?;
     let missing: Vec<&String> = args

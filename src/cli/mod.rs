@@ -7,6 +7,8 @@ mod exit;
 mod failure;
 mod follow;
 mod jobs_cmd;
+mod metadata_cmd;
+mod pathspec_cmd;
 mod render;
 mod report;
 mod run;
@@ -53,6 +55,7 @@ pub fn main() -> ExitCode {
             Command::Logs(args) => jobs_cmd::logs(args, global).await,
             Command::Status(args) => jobs_cmd::status(args, global).await,
             Command::Kill(args) => jobs_cmd::kill(args, global).await,
+            Command::Metadata { command } => metadata_cmd::command(command, global).await,
         }
     });
     let code = match result {

@@ -211,7 +211,7 @@ impl Writer {
                 self.update_spinner(job_name, *status);
             }
             // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
-            Event::StepExited { .. } => {}
+            Event::StepExited { .. } | Event::AttemptStarted { .. } => {}
             Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
             other => {
                 if let Some(line) = words::progress(other) {

@@ -8,10 +8,16 @@ use mfbatch::settings::{self, Key, Sources};
 use mfbatch::spec::{build_spec, RunOptions};
 
 use super::args::{Output, RunArgs};
+use std::sync::Arc;
+
+use mfbatch::launch::jobdef::NameValue;
+use mfbatch::metadata::recorder::{self, Recorder};
+
 use super::config_cmd;
 use super::exit;
 use super::failure::Failure;
 use super::follow::{self, Interrupts, OnInterrupt};
+use super::metadata_cmd;
 use super::render::{RenderOptions, Renderer};
 use super::signals::Signals;
 use super::Global;
@@ -24,6 +30,10 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         (Key::BatchContainerImage, &args.image),
         (Key::EcsFargateExecutionRole, &args.execution_role),
         (Key::DatastoreSysrootS3, &args.datastore_root),
+        (
+            Key::DefaultMetadata,
+            &args.no_metadata.then(|| "none".to_owned()),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
@@ -68,6 +78,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         }
         return run_local(spec, global).await;
     }
+    let metadata = metadata_cmd::plan_run(&args, &settings)?;
     let clients = Clients::from_environment(&ClientOptions {
         s3_endpoint_url: spec.batch().and_then(|b| b.s3_endpoint_url.clone()),
         max_attempts: None,
@@ -83,6 +94,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         timestamps: false,
     });
     let events = renderer.sink();
+    let recorder_slot: std::sync::Mutex<Option<Arc<Recorder>>> = Default::default();
     // Everything before SubmitJob may be abandoned on an interrupt: what it leaves behind is
     // content-addressed and reused by the next run, and no job exists yet.
     let before_submit = async {
@@ -91,10 +103,22 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         for warning in &plan.warnings {
             events(mfbatch::event::Event::Warning(warning.clone()));
         }
+        let script = prepared.spec.script.clone();
+        let facts = metadata_cmd::facts(&script, &plan, clients.region());
         if args.dry_run {
-            let doc = dry_run_document(&prepared, &plan);
+            let mut doc = dry_run_document(&prepared, &plan);
+            if let Some(meta) = &metadata {
+                doc["metadata"] = serde_json::json!({
+                    "backend": meta.backend.describe(),
+                    "records": recorder::dry_run_records(&meta.record, &facts),
+                });
+            }
             return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
         }
+        // In the spool before SubmitJob; sent while the package uploads.
+        *recorder_slot.lock().expect("slot") = metadata
+            .as_ref()
+            .and_then(|meta| metadata_cmd::start(meta, facts, global));
         Ok(BeforeSubmit::Staged(Box::new(
             launch::stage(&clients, &prepared, plan, &events).await?,
         )))
@@ -103,7 +127,8 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         staged = before_submit => Some(staged),
         _ = signals.recv() => None,
     };
-    let staged = match staged {
+    let recorder = recorder_slot.lock().expect("slot").take();
+    let mut staged = match staged {
         Some(Ok(BeforeSubmit::Staged(staged))) => staged,
         Some(Ok(BeforeSubmit::DryRun(doc))) => {
             close(renderer, events).await;
@@ -114,10 +139,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             return Ok(exit::SUCCESS);
         }
         Some(Err(e)) => {
+            recorder.inspect(|r| r.abandon());
             close(renderer, events).await;
             return Err(e.into());
         }
         None => {
+            recorder.inspect(|r| r.abandon());
             // An upload cut off mid-way is aborted, so its parts are not kept (and billed).
             mfbatch::launch::store::abort_abandoned_uploads(ABORT_WAIT).await;
             close(renderer, events).await;
@@ -125,23 +152,44 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             return Ok(exit::INTERRUPTED);
         }
     };
+    if let Some(recorder) = &recorder {
+        let environment = &mut staged.submit_job.container_overrides.environment;
+        for (name, value) in recorder.job_environment() {
+            if !environment.iter().any(|kv| kv.name == name) {
+                environment.push(NameValue { name, value });
+            }
+        }
+    }
+    let events = match &recorder {
+        Some(recorder) => recorder.sink(events),
+        None => events,
+    };
     let submitted = launch::submit(&clients, *staged, &events).await;
     // A signal during SubmitJob is acted on now that the job has an id.
     let interrupted = signals.arrived().await;
     close(renderer, events).await;
-    let submitted = submitted?;
+    let submitted = match submitted {
+        Ok(submitted) => submitted,
+        Err(e) => {
+            recorder.inspect(|r| r.abandon());
+            return Err(e.into());
+        }
+    };
     if args.detach && !interrupted {
         if global.output == Output::Text {
             println!("{}", submitted.job_id);
         }
+        finish_metadata(recorder, metadata.as_ref(), global).await;
         return Ok(exit::SUCCESS);
     }
+    let heartbeats = recorder.clone().map(|r| tokio::spawn(r.run_heartbeats()));
     let request = FollowRequest::new(submitted.job_id.clone());
-    follow::follow(
+    let code = follow::follow(
         &clients,
         follow::tracker_config(&settings, Some(runnable_warning), runnable_timeout)?,
         vec![request],
         follow::renderer(&global, false, false),
+        recorder.as_ref().map(|r| r.sink(mfbatch::event::discard())),
         Interrupts {
             on_interrupt: OnInterrupt::StopJobs,
             signals: &mut signals,
@@ -149,7 +197,30 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         },
         global,
     )
-    .await
+    .await;
+    heartbeats.inspect(|h| h.abort());
+    finish_metadata(recorder, metadata.as_ref(), global).await;
+    code
+}
+
+/// Waits a little for the run's records (and any left by earlier commands), then says where
+/// they went or how many wait in the spool.
+async fn finish_metadata(
+    recorder: Option<Arc<Recorder>>,
+    metadata: Option<&metadata_cmd::RunMetadata>,
+    global: Global,
+) {
+    let (Some(recorder), Some(meta)) = (recorder, metadata) else {
+        return;
+    };
+    let summary = recorder.finish(metadata_cmd::FINISH_WAIT).await;
+    let _ = metadata_cmd::sync_leftovers(
+        Some(&meta.backend),
+        &meta.spool_dir,
+        metadata_cmd::FINISH_WAIT,
+    )
+    .await;
+    metadata_cmd::print_summary(&summary, &meta.spool_dir, global);
 }
 
 /// How long an interrupted run waits for S3 to abort its unfinished upload.

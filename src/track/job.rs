@@ -239,6 +239,12 @@ impl FollowedJob<'_> {
                 {
                     continue;
                 }
+                events(Event::AttemptStarted {
+                    job_id: job_id.clone(),
+                    attempt,
+                    log_group: snapshot.log_group.clone(),
+                    log_stream: stream.clone(),
+                });
                 let stream = StreamRef {
                     job_id: job_id.clone(),
                     job_name: snapshot.job_name.clone(),

@@ -253,6 +253,12 @@ class CallCounter:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
+        if path.startswith("/mfbatch/forget/"):  # Batch forgets a job, as it does after days
+            from moto.core import DEFAULT_ACCOUNT_ID
+            batch_models.batch_backends[DEFAULT_ACCOUNT_ID][REGION]._jobs.pop(
+                path.rsplit("/", 1)[-1], None)
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
         if path == "/mfbatch/calls":
             with self.lock:
                 body = json.dumps(self.calls).encode()
@@ -329,8 +335,9 @@ def main():
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
-    if args.count_calls:  # werkzeug reads server.app per request; provisioning is not counted
-        counter = CallCounter(server._server.app)
+    # werkzeug reads server.app per request; provisioning is not counted. Always installed for
+    # /mfbatch/forget; counting is only reported with --count-calls.
+    counter = CallCounter(server._server.app)
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     # moto hands jobs MOTO_HOST/MOTO_PORT for reaching it; by default it guesses
@@ -338,8 +345,7 @@ def main():
     moto_settings.moto_server_host = lambda: f"http://{host}"
     moto_settings.moto_server_port = lambda: str(port)
     role_arn, ce_arn = provision(endpoint)
-    if args.count_calls:
-        server._server.app = counter
+    server._server.app = counter
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

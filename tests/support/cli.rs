@@ -147,6 +147,8 @@ impl Cli {
             (r"[0-9a-f]{64}", "[SHA256]"),
             (r"mfbatch-[0-9a-f]{16}", "mfbatch-[DEFHASH]"),
             (r"sha256 [0-9a-f]{12}", "sha256 [SHA256_12]"),
+            // Local metadata run ids are microsecond timestamps.
+            (r"Flow/\d{16}/", "Flow/[RUN_ID]/"),
         ] {
             filters.push((regex.to_owned(), replacement.to_owned()));
         }
