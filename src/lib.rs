@@ -38,6 +38,8 @@
 
 pub mod aws;
 pub mod bootstrap;
+pub mod configure;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod launch;
@@ -45,4 +47,5 @@ pub mod local;
 pub mod s3url;
 pub mod settings;
 pub mod spec;
+pub mod stack;
 pub mod track;

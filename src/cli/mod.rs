@@ -3,14 +3,18 @@
 
 mod args;
 mod config_cmd;
+mod configure_cmd;
+mod doctor_cmd;
 mod exit;
 mod failure;
 mod follow;
 mod jobs_cmd;
+mod prompt;
 mod render;
 mod report;
 mod run;
 mod signals;
+mod stack_cmd;
 mod style;
 
 use std::process::ExitCode;
@@ -52,6 +56,9 @@ pub fn main() -> ExitCode {
             Command::Logs(args) => jobs_cmd::logs(args, global).await,
             Command::Status(args) => jobs_cmd::status(args, global).await,
             Command::Kill(args) => jobs_cmd::kill(args, global).await,
+            Command::Stack(args) => stack_cmd::run(args, global).await,
+            Command::Configure(args) => configure_cmd::run(*args, global).await,
+            Command::Doctor(args) => doctor_cmd::run(args, global).await,
         }
     });
     let code = match result {

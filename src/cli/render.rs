@@ -314,6 +314,8 @@ impl Writer {
             }
             // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
             Event::StepExited { .. } => {}
+            // `stack` commands render their own events (stack_cmd).
+            Event::Stack(_) => {}
             Event::Exited(outcome) => {
                 // Decided by the step's end records: Batch's own status comes later.
                 let batch_later = (outcome.decided_by == DecidedBy::EndRecord)
