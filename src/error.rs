@@ -76,7 +76,7 @@ impl ConfigError {
                 ),
             }),
             ConfigError::UnknownProfile { .. } => Some(
-                "create the file (`metaflow configure aws --profile NAME` writes it) or unset METAFLOW_PROFILE"
+                "create the file (`mfbatch configure --from-stack STACK --profile NAME` or `mfbatch configure aws --profile NAME` writes it) or unset METAFLOW_PROFILE"
                     .into(),
             ),
             ConfigError::NoDefaultImage { .. } => Some(

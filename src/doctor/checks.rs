@@ -257,7 +257,7 @@ pub(super) async fn compute_environments(
     queue: &QueueFacts,
     resources: &Resources,
 ) -> (Check, bool) {
-    let mut fargate = true;
+    let mut fargate = false;
     let check = compute_environments_check(clients, queue, resources, &mut fargate).await;
     (check, fargate)
 }
@@ -270,7 +270,6 @@ async fn compute_environments_check(
 ) -> Check {
     const NAME: &str = "compute environments";
     if queue.compute_environments.is_empty() {
-        *fargate = false;
         return Check::fail(
             NAME,
             format!("job queue {} has no compute environment", queue.name),
@@ -290,6 +289,13 @@ async fn compute_environments_check(
             return Check::from_aws(NAME, "the compute environments", &err);
         }
     };
+    // Decided before judging them, so the execution role is checked even when one is broken.
+    *fargate = !out.compute_environments().is_empty()
+        && out.compute_environments().iter().all(|ce| {
+            ce.compute_resources()
+                .and_then(|r| r.r#type())
+                .is_some_and(|t| t.as_str().starts_with("FARGATE"))
+        });
     let mut names = Vec::new();
     let mut largest: Option<i32> = None;
     let mut unlimited = false;
@@ -317,13 +323,6 @@ async fn compute_environments_check(
                 ),
                 Some("fix the reason above (often the instance role, subnets or service role), then update the environment".into()),
             );
-        }
-        let resource_type = ce
-            .compute_resources()
-            .and_then(|r| r.r#type())
-            .map(|t| t.as_str());
-        if !resource_type.is_some_and(|t| t.starts_with("FARGATE")) {
-            *fargate = false;
         }
         match ce.compute_resources() {
             Some(r) => {
