@@ -3,7 +3,8 @@
 //! fixture → `stack delete` (bucket kept). Then `doctor` on broken setups, each naming the broken
 //! piece and nothing else; and `configure`'s files, round-tripped and read by Metaflow 2.19 itself.
 //!
-//! moto workarounds live in serve.py (a route table moto never deletes; a tag that makes a
+//! moto workarounds live in serve.py (a route table moto never deletes; UsePreviousValue for a
+//! parameter left at its default; a tag that makes a
 //! compute environment INVALID, which moto otherwise never reports), not in mfbatch.
 
 #[allow(dead_code)]
@@ -103,6 +104,32 @@ fn deploy_configure_doctor_run_delete() {
         out.describe()
     );
     boto3(&format!("c('s3').head_bucket(Bucket='{bucket}')"));
+}
+
+/// Deploying an existing stack updates it: the parameters given change, the others keep their
+/// values (UsePreviousValue). (moto drops a stack's outputs on update, so nothing reads them here.)
+#[test]
+fn deploy_again_updates_the_stack() {
+    let step = StepDir::new(&[]);
+    let name = format!("update-{:08x}", fastrand::u32(..));
+    let first = ["stack", "deploy", &name, "--param", "MinVCpus=1"];
+    expect(&run(newcomer(&step, &first)), 0, "stack deploy");
+    let out = run(newcomer(
+        &step,
+        &["stack", "deploy", &name, "--param", "MaxVCpus=32"],
+    ));
+    expect(&out, 0, "stack deploy (update)");
+    assert!(out.stderr.contains("UPDATE_COMPLETE"), "{}", out.describe());
+    assert!(out.stderr.contains("updated"), "{}", out.describe());
+    let out = run(newcomer(
+        &step,
+        &["stack", "status", &name, "--output", "json"],
+    ));
+    expect(&out, 0, "stack status");
+    let status: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(status["status"], "UPDATE_COMPLETE");
+    assert_eq!(status["parameters"]["MaxVCpus"], "32");
+    assert_eq!(status["parameters"]["MinVCpus"], "1");
 }
 
 /// Runs Python with `c(service)` giving a boto3 client of moto; returns stdout.

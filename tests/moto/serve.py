@@ -266,6 +266,19 @@ def patch_moto(state_seconds):
 
     batch_models.BatchBackend.describe_compute_environments = describe_compute_environments
 
+    # 8. UpdateStack: moto keeps only the parameters given at creation, so UsePreviousValue for
+    #    one left at its default raised KeyError (an HTTP 500). Its previous value is its
+    #    default: leave it out of the update and the default applies again, as on AWS.
+    from moto.cloudformation.models import CloudFormationBackend
+    resolve = CloudFormationBackend._resolve_update_parameters
+
+    def resolve_update_parameters(self, instance, incoming_params):
+        kept = [p for p in incoming_params
+                if not p.get("UsePreviousValue") or p["ParameterKey"] in instance.parameters]
+        return resolve(self, instance, kept)
+
+    CloudFormationBackend._resolve_update_parameters = resolve_update_parameters
+
 
 class CallCounter:
     """WSGI middleware: counts each AWS call by service and operation; serves the counts."""
