@@ -4,8 +4,8 @@
 //! piece and nothing else; and `configure`'s files, round-tripped and read by Metaflow 2.19 itself.
 //!
 //! moto workarounds live in serve.py (a route table moto never deletes; UsePreviousValue for a
-//! parameter left at its default; a tag that makes a
-//! compute environment INVALID, which moto otherwise never reports), not in mfbatch.
+//! parameter left at its default; a tag that makes a compute environment INVALID, which moto
+//! otherwise never reports), not in mfbatch.
 
 #[allow(dead_code)]
 mod e2e;
