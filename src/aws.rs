@@ -1,4 +1,5 @@
-//! Building the Batch, CloudWatch Logs and S3 clients from one `SdkConfig`: endpoints,
+//! Building every AWS client mfbatch uses (Batch, CloudWatch Logs, S3 for runs; CloudFormation,
+//! IAM, STS for `stack`, `configure --from-stack` and `doctor`) from one `SdkConfig`: endpoints,
 //! credentials and region from the standard AWS chain, a cmake-free rustls HTTP client that
 //! honours `HTTPS_PROXY`/`NO_PROXY`, and the SDK's own retry configuration.
 
@@ -14,12 +15,15 @@ use crate::error::ConfigError;
 /// Idle connections kept per endpoint.
 const MAX_IDLE_CONNECTIONS: usize = 16;
 
-/// The three clients mfbatch uses, sharing one configuration.
+/// The clients mfbatch uses, sharing one configuration (building them makes no call).
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub batch: aws_sdk_batch::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub s3: aws_sdk_s3::Client,
+    pub cloudformation: aws_sdk_cloudformation::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub sts: aws_sdk_sts::Client,
     region: String,
     s3_endpoint_url: Option<String>,
 }
@@ -37,37 +41,7 @@ impl Clients {
     /// Loads the standard chain (environment, `~/.aws/config`, SSO, instance roles), including
     /// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>`.
     pub async fn from_environment(options: &ClientOptions) -> Result<Self, ConfigError> {
-        // Calls are paced by the rate budgets, so a few connections suffice; an unbounded idle
-        // pool would keep a read buffer per connection after every burst.
-        let http = aws_smithy_http_client::Builder::new()
-            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-            .build_with_connector_fn(|settings, components| {
-                let mut builder = aws_smithy_http_client::Connector::builder()
-                    .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
-                builder.set_connector_settings(settings.cloned());
-                if let Some(components) = components {
-                    builder.set_sleep_impl(components.sleep_impl());
-                }
-                builder
-                    .tls_provider(Provider::Rustls(CryptoMode::Ring))
-                    .build()
-            });
-        let retry = RetryConfig::standard().with_max_attempts(
-            options
-                .max_attempts
-                .unwrap_or(crate::retry::SDK_MAX_ATTEMPTS),
-        );
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(retry)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(60))
-                    .build(),
-            )
-            .load()
-            .await;
+        let config = load_sdk_config(options).await;
         let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some()
             || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
         Self::build(&config, options, path_style)
@@ -104,6 +78,9 @@ impl Clients {
         }
         let mut batch = aws_sdk_batch::config::Builder::from(config);
         let mut logs = aws_sdk_cloudwatchlogs::config::Builder::from(config);
+        let mut cloudformation = aws_sdk_cloudformation::config::Builder::from(config);
+        let mut iam = aws_sdk_iam::config::Builder::from(config);
+        let mut sts = aws_sdk_sts::config::Builder::from(config);
         if let Some(n) = options.max_attempts {
             let retry = config
                 .retry_config()
@@ -112,12 +89,18 @@ impl Clients {
                 .with_max_attempts(n);
             batch = batch.retry_config(retry.clone());
             logs = logs.retry_config(retry.clone());
+            cloudformation = cloudformation.retry_config(retry.clone());
+            iam = iam.retry_config(retry.clone());
+            sts = sts.retry_config(retry.clone());
             s3 = s3.retry_config(retry);
         }
         Ok(Clients {
             batch: aws_sdk_batch::Client::from_conf(batch.build()),
             logs: aws_sdk_cloudwatchlogs::Client::from_conf(logs.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            cloudformation: aws_sdk_cloudformation::Client::from_conf(cloudformation.build()),
+            iam: aws_sdk_iam::Client::from_conf(iam.build()),
+            sts: aws_sdk_sts::Client::from_conf(sts.build()),
             region,
             s3_endpoint_url: s3_endpoint_url(config, options),
         })
@@ -133,6 +116,51 @@ impl Clients {
     pub fn s3_endpoint_url(&self) -> Option<&str> {
         self.s3_endpoint_url.as_deref()
     }
+}
+
+/// The standard chain's configuration with mfbatch's HTTP client, retries and timeouts: the one
+/// `SdkConfig` every client is built from.
+pub async fn load_sdk_config(options: &ClientOptions) -> SdkConfig {
+    // Calls are paced by the rate budgets, so a few connections suffice; an unbounded idle
+    // pool would keep a read buffer per connection after every burst.
+    let http = aws_smithy_http_client::Builder::new()
+        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+        .build_with_connector_fn(|settings, components| {
+            let mut builder = aws_smithy_http_client::Connector::builder()
+                .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
+            builder.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                builder.set_sleep_impl(components.sleep_impl());
+            }
+            builder
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build()
+        });
+    let retry = RetryConfig::standard().with_max_attempts(
+        options
+            .max_attempts
+            .unwrap_or(crate::retry::SDK_MAX_ATTEMPTS),
+    );
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(retry)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// A plain HTTP(S) connector with the AWS clients' TLS and proxy settings, for the few calls
+/// that are not AWS APIs (the metadata service's `/ping`).
+pub fn http_connector() -> aws_smithy_http_client::Connector {
+    aws_smithy_http_client::Connector::builder()
+        .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env())
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build()
 }
 
 /// The S3 endpoint, found in the order the S3 client itself looks (the SDK keeps it private).

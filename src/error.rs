@@ -76,7 +76,7 @@ impl ConfigError {
                 ),
             }),
             ConfigError::UnknownProfile { .. } => Some(
-                "create the file (`metaflow configure aws --profile NAME` writes it) or unset METAFLOW_PROFILE"
+                "create the file (`mfbatch configure --from-stack STACK --profile NAME` or `mfbatch configure aws --profile NAME` writes it) or unset METAFLOW_PROFILE"
                     .into(),
             ),
             ConfigError::NoDefaultImage { .. } => Some(
@@ -140,6 +140,9 @@ pub enum Service {
     Batch,
     Logs,
     S3,
+    CloudFormation,
+    Iam,
+    Sts,
 }
 
 impl std::fmt::Display for Service {
@@ -148,6 +151,9 @@ impl std::fmt::Display for Service {
             Service::Batch => "Batch",
             Service::Logs => "CloudWatch Logs",
             Service::S3 => "S3",
+            Service::CloudFormation => "CloudFormation",
+            Service::Iam => "IAM",
+            Service::Sts => "STS",
         })
     }
 }
@@ -254,6 +260,9 @@ impl AwsError {
                 Service::Batch => "check the queue (--queue / METAFLOW_BATCH_JOB_QUEUE) and the region (AWS_REGION)".into(),
                 Service::S3 => "check the bucket in METAFLOW_DATASTORE_SYSROOT_S3 and the region".into(),
                 Service::Logs => "the log stream may not exist yet, or logs went to another group".into(),
+                Service::CloudFormation => "check the stack name and the region (AWS_REGION)".into(),
+                Service::Iam => "check the role ARN (METAFLOW_ECS_S3_ACCESS_IAM_ROLE) and the account".into(),
+                Service::Sts => return None,
             },
             AwsErrorKind::Throttled => format!(
                 "{} is throttling this account even after retries; try again shortly or ask for a higher quota",
@@ -280,6 +289,9 @@ fn iam_prefix(service: Service) -> &'static str {
         Service::Batch => "batch",
         Service::Logs => "logs",
         Service::S3 => "s3",
+        Service::CloudFormation => "cloudformation",
+        Service::Iam => "iam",
+        Service::Sts => "sts",
     }
 }
 
@@ -314,11 +326,16 @@ fn classify_code(code: Option<&str>) -> AwsErrorKind {
             | "SignatureDoesNotMatch"
             | "ExpiredToken"
             | "ExpiredTokenException"
-            | "InvalidAccessKeyId",
+            | "InvalidAccessKeyId"
+            | "InvalidClientTokenId",
         ) => AwsErrorKind::AccessDenied,
-        Some("ResourceNotFoundException" | "NoSuchBucket" | "NoSuchKey" | "NotFound") => {
-            AwsErrorKind::NotFound
-        }
+        Some(
+            "ResourceNotFoundException"
+            | "NoSuchBucket"
+            | "NoSuchKey"
+            | "NotFound"
+            | "NoSuchEntity",
+        ) => AwsErrorKind::NotFound,
         Some(
             "TooManyRequestsException"
             | "ThrottlingException"

@@ -211,6 +211,8 @@ pub enum Event {
         end: StepEnd,
     },
     Exited(Outcome),
+    /// CloudFormation did something to a stack's resource (`mfbatch stack deploy|delete`).
+    Stack(crate::stack::StackEvent),
 }
 
 /// Where events go: a callback shared by everything working for one caller.

@@ -38,6 +38,8 @@
 
 pub mod aws;
 pub mod bootstrap;
+pub mod configure;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod launch;
@@ -47,4 +49,5 @@ pub mod retry;
 pub mod s3url;
 pub mod settings;
 pub mod spec;
+pub mod stack;
 pub mod track;

@@ -446,31 +446,39 @@ fn untrusted(_: &Path) -> Option<String> {
     None
 }
 
+/// `$METAFLOW_HOME`, else `~/.metaflowconfig`: where Metaflow's profile files live.
+pub fn metaflow_home(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    match env.get("METAFLOW_HOME").filter(|h| !h.is_empty()) {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => env
+            .get("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|home| Path::new(home).join(".metaflowconfig")),
+    }
+}
+
+/// The file of a profile: `config.json` for the default one (`None` or empty), else
+/// `config_<profile>.json`, in [`metaflow_home`].
+pub fn profile_path(env: &BTreeMap<String, String>, profile: Option<&str>) -> Option<PathBuf> {
+    let home = metaflow_home(env)?;
+    Some(match profile.filter(|p| !p.is_empty()) {
+        Some(profile) => home.join(format!("config_{profile}.json")),
+        None => home.join("config.json"),
+    })
+}
+
 /// The profile file to read, if any. A named profile must exist; the default one may not.
 fn profile_file(env: &BTreeMap<String, String>) -> Result<Option<PathBuf>, ConfigError> {
-    let home = match env.get("METAFLOW_HOME").filter(|h| !h.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match env.get("HOME").filter(|h| !h.is_empty()) {
-            Some(home) => Path::new(home).join(".metaflowconfig"),
-            None => return Ok(None),
-        },
+    let profile = env.get("METAFLOW_PROFILE").filter(|p| !p.is_empty());
+    let Some(path) = profile_path(env, profile.map(String::as_str)) else {
+        return Ok(None);
     };
-    match env.get("METAFLOW_PROFILE").filter(|p| !p.is_empty()) {
-        Some(profile) => {
-            let path = home.join(format!("config_{profile}.json"));
-            if path.is_file() {
-                Ok(Some(path))
-            } else {
-                Err(ConfigError::UnknownProfile {
-                    profile: profile.clone(),
-                    path,
-                })
-            }
-        }
-        None => {
-            let path = home.join("config.json");
-            Ok(path.is_file().then_some(path))
-        }
+    match profile {
+        Some(profile) if !path.is_file() => Err(ConfigError::UnknownProfile {
+            profile: profile.clone(),
+            path,
+        }),
+        _ => Ok(path.is_file().then_some(path)),
     }
 }
 

@@ -43,6 +43,13 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop jobs: cancel them before they run, terminate them after.
     Kill(KillArgs),
+    /// The CloudFormation stack for Batch: template, deploy, status, delete.
+    #[command(subcommand)]
+    Stack(super::stack_cmd::StackArgs),
+    /// Write Metaflow's config file: --from-stack NAME, aws (questions), show, export, import, reset.
+    Configure(Box<super::configure_cmd::ConfigureArgs>),
+    /// Check each piece a run needs (credentials, bucket, queue, roles, logs), with fixes.
+    Doctor(super::doctor_cmd::DoctorArgs),
     /// Metaflow metadata: `sync` sends the records still in the local spool.
     Metadata {
         #[command(subcommand)]

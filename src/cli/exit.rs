@@ -2,9 +2,9 @@
 //!
 //! | code | meaning |
 //! |------|---------|
-//! | 0 | success: the job SUCCEEDED (or was submitted, with `--detach`) |
+//! | 0 | success: the job SUCCEEDED (or was submitted, with `--detach`); `doctor`: no check failed |
 //! | N | the job FAILED and its container exited with code N (1–255) |
-//! | 1 | the job FAILED without an exit code, or mfbatch itself failed (AWS error, I/O) |
+//! | 1 | the job FAILED without an exit code, or mfbatch itself failed (AWS error, I/O); `doctor`: a check failed; a question answered no |
 //! | 2 | usage or configuration error (including no AWS credentials): nothing was uploaded, registered or submitted |
 //! | 130 | interrupted (Ctrl-C or SIGTERM) |
 

@@ -54,7 +54,21 @@ impl From<ConfigError> for Failure {
 
 impl From<LaunchError> for Failure {
     fn from(e: LaunchError) -> Self {
-        let hint = e.hint();
+        let mut hint = e.hint();
+        // AWS-side trouble: the doctor checks every piece and names the broken one.
+        if matches!(
+            e,
+            LaunchError::Aws(_)
+                | LaunchError::Store(_)
+                | LaunchError::QueueNotFound { .. }
+                | LaunchError::QueueDisabled { .. }
+        ) {
+            let doctor = "`mfbatch doctor` checks the whole setup";
+            hint = Some(match hint {
+                Some(h) => format!("{h}; {doctor}"),
+                None => doctor.to_owned(),
+            });
+        }
         let code = if e.is_usage() {
             exit::USAGE
         } else {

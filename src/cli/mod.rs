@@ -3,16 +3,20 @@
 
 mod args;
 mod config_cmd;
+mod configure_cmd;
+mod doctor_cmd;
 mod exit;
 mod failure;
 mod follow;
 mod jobs_cmd;
 mod metadata_cmd;
 mod pathspec_cmd;
+mod prompt;
 mod render;
 mod report;
 mod run;
 mod signals;
+mod stack_cmd;
 mod style;
 mod words;
 
@@ -56,6 +60,9 @@ pub fn main() -> ExitCode {
             Command::Status(args) => jobs_cmd::status(args, global).await,
             Command::Kill(args) => jobs_cmd::kill(args, global).await,
             Command::Metadata { command } => metadata_cmd::command(command, global).await,
+            Command::Stack(args) => stack_cmd::run(args, global).await,
+            Command::Configure(args) => configure_cmd::run(*args, global).await,
+            Command::Doctor(args) => doctor_cmd::run(args, global).await,
         }
     });
     let code = match result {

@@ -212,6 +212,8 @@ impl Writer {
             }
             // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
             Event::StepExited { .. } | Event::AttemptStarted { .. } => {}
+            // `stack` commands render their own events (stack_cmd).
+            Event::Stack(_) => {}
             Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
             other => {
                 if let Some(line) = words::progress(other) {

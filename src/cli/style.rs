@@ -41,6 +41,10 @@ impl Style {
         self.paint("1;36", text)
     }
 
+    pub fn ok(&self, text: &str) -> String {
+        self.paint("1;32", text)
+    }
+
     pub fn dim(&self, text: &str) -> String {
         self.paint("2", text)
     }

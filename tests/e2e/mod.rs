@@ -73,7 +73,7 @@ fn repo() -> &'static Path {
 }
 
 /// `MFBATCH_MOTO_PYTHON`, else the venv from tests/moto/setup-venv.sh (created when missing).
-fn moto_python() -> Result<PathBuf, String> {
+pub fn moto_python() -> Result<PathBuf, String> {
     if let Some(python) = std::env::var_os("MFBATCH_MOTO_PYTHON").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(python));
     }
@@ -197,13 +197,18 @@ impl StepDir {
         StepDir { dir }
     }
 
+    /// The `HOME` of the commands [`StepDir::mfbatch`] builds.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
     pub fn script(&self, name: &str) -> PathBuf {
         self.dir.path().join("step").join(name)
     }
 
     /// `mfbatch ARGS` with a clean environment for `backend`, run in the step directory.
     pub fn mfbatch(&self, backend: Backend, args: &[&str]) -> Command {
-        let home = self.dir.path().join("home");
+        let home = self.home();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mfbatch"));
         cmd.args(args)
             .env_clear()

@@ -22,6 +22,8 @@ import boto3
 import moto.settings as moto_settings
 import moto.batch.models as batch_models
 from moto.core.config import default_user_config
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.route_tables import RouteTable
 from moto.moto_api import state_manager
 from moto.moto_api._internal.managed_state_model import ManagedState
 from moto.server import ThreadedMotoServer
@@ -240,6 +242,42 @@ def patch_moto(state_seconds):
 
     Job._container_details, Job._mark_stopped = container_details, mark_stopped
     Job._stop_attempt = stop_attempt
+
+    # 6. CloudFormation never deletes an AWS::EC2::RouteTable, and moto then refuses to delete
+    #    the stack's VPC (DependencyViolation), so `mfbatch stack delete` of a stack that made
+    #    its VPC failed. Delete it like DeleteRouteTable (tests/stack/test_template.py, patch 7).
+    def delete_route_table(table, account_id, region_name):
+        ec2_backends[account_id][region_name].delete_route_table(table.id)
+
+    RouteTable.delete = delete_route_table
+
+    # 7. moto reports every compute environment VALID; `doctor` tests need an INVALID one. An
+    #    environment tagged mfbatch-test-status=<STATUS> is described with that status.
+    describe_ces = batch_models.BatchBackend.describe_compute_environments
+
+    def describe_compute_environments(self, *args, **kwargs):
+        result = describe_ces(self, *args, **kwargs)
+        for ce in result:
+            status = (ce.get("tags") or {}).get("mfbatch-test-status")
+            if status:
+                ce["status"] = status
+                ce["statusReason"] = "set by the test (tag mfbatch-test-status)"
+        return result
+
+    batch_models.BatchBackend.describe_compute_environments = describe_compute_environments
+
+    # 8. UpdateStack: moto keeps only the parameters given at creation, so UsePreviousValue for
+    #    one left at its default raised KeyError (an HTTP 500). Its previous value is its
+    #    default: leave it out of the update and the default applies again, as on AWS.
+    from moto.cloudformation.models import CloudFormationBackend
+    resolve = CloudFormationBackend._resolve_update_parameters
+
+    def resolve_update_parameters(self, instance, incoming_params):
+        kept = [p for p in incoming_params
+                if not p.get("UsePreviousValue") or p["ParameterKey"] in instance.parameters]
+        return resolve(self, instance, kept)
+
+    CloudFormationBackend._resolve_update_parameters = resolve_update_parameters
 
 
 class CallCounter:
