@@ -211,6 +211,14 @@ pub enum Event {
         end: StepEnd,
     },
     Exited(Outcome),
+    /// The log sweeps are this far behind: the account's read quota cannot keep up with the log
+    /// volume (lines are late, never dropped).
+    Lagging {
+        behind_seconds: u64,
+        streams: usize,
+    },
+    /// What the tracker is doing (`--output json` writes one now and then).
+    Heartbeat(crate::track::TrackerStats),
     /// CloudFormation did something to a stack's resource (`mfbatch stack deploy|delete`).
     Stack(crate::stack::StackEvent),
 }

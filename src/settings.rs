@@ -47,11 +47,15 @@ pub enum Key {
     ServiceInternalUrl,
     ServiceAuthKey,
     ServiceHeaders,
+    // Log reading at scale (issue #12); their defaults depend on the AWS Region.
+    GetLogEventsPerSecond,
+    FilterLogEventsPerSecond,
+    LogMode,
 }
 
 impl Key {
     /// Every key, in the order `mfbatch config` shows them.
-    pub const ALL: [Key; 21] = [
+    pub const ALL: [Key; 24] = [
         Key::DatastoreSysrootS3,
         Key::DatatoolsS3Root,
         Key::CondaPackageS3Root,
@@ -73,6 +77,9 @@ impl Key {
         Key::ServiceInternalUrl,
         Key::ServiceAuthKey,
         Key::ServiceHeaders,
+        Key::GetLogEventsPerSecond,
+        Key::FilterLogEventsPerSecond,
+        Key::LogMode,
     ];
 
     /// The environment-variable name, which is also the key in Metaflow's config files.
@@ -99,6 +106,9 @@ impl Key {
             Key::ServiceInternalUrl => "METAFLOW_SERVICE_INTERNAL_URL",
             Key::ServiceAuthKey => "METAFLOW_SERVICE_AUTH_KEY",
             Key::ServiceHeaders => "METAFLOW_SERVICE_HEADERS",
+            Key::GetLogEventsPerSecond => "MFBATCH_GET_LOG_EVENTS_PER_SECOND",
+            Key::FilterLogEventsPerSecond => "MFBATCH_FILTER_LOG_EVENTS_PER_SECOND",
+            Key::LogMode => "MFBATCH_LOG_MODE",
         }
     }
 
@@ -217,6 +227,37 @@ impl Settings {
     }
 
     /// A whole number of milliseconds (for the `MFBATCH_*_MS` keys), within the key's range.
+    /// A calls-per-second budget: 0.1 to 100 (the account's quotas are 5 to 30 per second).
+    pub fn per_second(&self, key: Key) -> Result<Option<f64>, ConfigError> {
+        let Some(r) = self.values.get(&key) else {
+            return Ok(None);
+        };
+        match r.value.trim().parse::<f64>() {
+            Ok(n) if (0.1..=100.0).contains(&n) => Ok(Some(n)),
+            _ => Err(ConfigError::InvalidSetting {
+                key: key.name(),
+                value: r.value.clone(),
+                origin: r.origin.to_string(),
+                reason: "expected calls per second, from 0.1 to 100".into(),
+            }),
+        }
+    }
+
+    /// `MFBATCH_LOG_MODE`: `auto` (default), `per-stream` or `batched`.
+    pub fn log_mode(&self) -> Result<Option<crate::track::LogMode>, ConfigError> {
+        let Some(r) = self.values.get(&Key::LogMode) else {
+            return Ok(None);
+        };
+        crate::track::LogMode::parse(r.value.trim())
+            .map(Some)
+            .ok_or_else(|| ConfigError::InvalidSetting {
+                key: Key::LogMode.name(),
+                value: r.value.clone(),
+                origin: r.origin.to_string(),
+                reason: "expected auto, per-stream or batched".into(),
+            })
+    }
+
     pub fn millis(&self, key: Key) -> Result<Option<std::time::Duration>, ConfigError> {
         let Some(r) = self.values.get(&key) else {
             return Ok(None);
@@ -355,6 +396,10 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
     for key in [Key::DrainQuietMs, Key::PollMinMs] {
         settings.millis(key)?;
     }
+    for key in [Key::GetLogEventsPerSecond, Key::FilterLogEventsPerSecond] {
+        settings.per_second(key)?;
+    }
+    settings.log_mode()?;
     Ok(settings)
 }
 

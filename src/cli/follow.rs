@@ -35,6 +35,9 @@ pub enum OnInterrupt {
     Leave,
 }
 
+/// How often `--output json` reports the tracker's statistics.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+
 /// After the first Ctrl-C, how long to keep showing the jobs' last lines while they stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -71,6 +74,10 @@ pub async fn follow(
         jobs.spawn(handle.wait());
     }
     let mut stopping: Option<Stopping> = None;
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT_EVERY,
+        HEARTBEAT_EVERY,
+    );
     let mut signalled = already_interrupted;
     let mut results: Vec<Result<Outcome, TrackError>> = Vec::new();
     loop {
@@ -107,6 +114,10 @@ pub async fn follow(
                 None => break,
             },
             _ = signals.recv() => signalled = true,
+            // Programs see what the tracker is doing: which path reads the logs, the lag, calls.
+            _ = heartbeat.tick(), if global.output == super::args::Output::Json => {
+                sink(Event::Heartbeat(tracker.stats()));
+            }
             // Seen events (end records) are checked at the top of the loop.
             _ = tokio::time::sleep(Duration::from_millis(50)), if deadline.is_some() => {}
             Some(done) = async {
@@ -260,13 +271,24 @@ fn exit_code(results: Vec<Result<Outcome, TrackError>>, interrupted: bool) -> Re
 /// and the command's flags.
 pub fn tracker_config(
     settings: &Settings,
+    region: &str,
     runnable_warning: Option<Duration>,
     runnable_timeout: Option<Duration>,
 ) -> Result<TrackerConfig, Failure> {
     let mut config = TrackerConfig {
         runnable_timeout,
-        ..TrackerConfig::default()
+        ..TrackerConfig::for_region(region)
     };
+    if let Some(rate) = settings.per_second(Key::GetLogEventsPerSecond)? {
+        config.logs_calls_per_second = rate;
+        config.batched_above = (rate * 5.0) as usize;
+    }
+    if let Some(rate) = settings.per_second(Key::FilterLogEventsPerSecond)? {
+        config.filter_calls_per_second = rate;
+    }
+    if let Some(mode) = settings.log_mode()? {
+        config.log_mode = mode;
+    }
     if let Some(warning) = runnable_warning {
         config.runnable_warning = warning;
     }

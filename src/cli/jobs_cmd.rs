@@ -54,7 +54,7 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         .collect();
     follow::follow(
         &clients,
-        follow::tracker_config(&settings, None, None)?,
+        follow::tracker_config(&settings, clients.region(), None, None)?,
         requests,
         follow::renderer(&global, args.job_ids.len() > 1, args.timestamps),
         None,

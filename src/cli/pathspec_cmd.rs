@@ -114,7 +114,7 @@ pub async fn logs(
     let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
     follow::follow(
         &clients,
-        follow::tracker_config(&settings, None, None)?,
+        follow::tracker_config(&settings, clients.region(), None, None)?,
         live,
         follow::renderer(&global, ids.len() > 1, args.timestamps),
         None,

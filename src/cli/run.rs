@@ -186,7 +186,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     let request = FollowRequest::new(submitted.job_id.clone());
     let code = follow::follow(
         &clients,
-        follow::tracker_config(&settings, Some(runnable_warning), runnable_timeout)?,
+        follow::tracker_config(
+            &settings,
+            clients.region(),
+            Some(runnable_warning),
+            runnable_timeout,
+        )?,
         vec![request],
         follow::renderer(&global, false, false),
         recorder.as_ref().map(|r| r.sink(mfbatch::event::discard())),

@@ -111,6 +111,12 @@ pub fn progress(event: &Event) -> Option<String> {
             queue,
         } => format!("Submitted {job_name} ({job_id}) to {queue}"),
         Event::Terminating { job_id, reason } => format!("Stopping job {job_id} ({reason})"),
+        Event::Lagging {
+            behind_seconds,
+            streams,
+        } => format!(
+            "warning: the log reads are {behind_seconds} s behind across {streams} streams: the account's CloudWatch Logs read quota cannot keep up (lines come late, none are lost)"
+        ),
         _ => return None,
     })
 }

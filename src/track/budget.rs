@@ -105,6 +105,21 @@ impl RateBudget {
         }
     }
 
+    /// Callers registered now.
+    pub fn users(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
+    }
+
+    /// The current rate, in calls per second (lower than configured while throttled).
+    pub fn rate(&self) -> f64 {
+        1.0 / self
+            .state
+            .lock()
+            .expect("budget lock")
+            .interval
+            .as_secs_f64()
+    }
+
     /// Calls granted so far.
     pub fn calls(&self) -> u64 {
         self.state.lock().expect("budget lock").calls

@@ -25,6 +25,7 @@ pub struct Context {
     pub config: TrackerConfig,
     pub batch_budget: Arc<RateBudget>,
     pub logs_budget: Arc<RateBudget>,
+    pub sweeper: super::sweep::Sweeper,
     pub poller: mpsc::UnboundedSender<poller::Command>,
 }
 
@@ -94,6 +95,28 @@ pub async fn run(
     Ok(job.finish(snapshot.outcome(job.step_end)))
 }
 
+/// Reads a stream in the sweeps; back to per-stream reading when FilterLogEvents is denied
+/// before anything was delivered (one path per stream otherwise, so no line comes twice).
+async fn follow_batched(
+    sweeper: super::sweep::Sweeper,
+    client: aws_sdk_cloudwatchlogs::Client,
+    budget: Arc<RateBudget>,
+    config: TrackerConfig,
+    stream: StreamRef,
+    done: watch::Receiver<Option<Instant>>,
+    events: EventSink,
+) -> FollowEnd {
+    match sweeper
+        .follow(stream.clone(), done.clone(), events.clone())
+        .await
+    {
+        super::sweep::SweepEnd::Ended(end) => end,
+        super::sweep::SweepEnd::UsePerStream => {
+            logs::follow(client, budget, config, stream, done, events, false).await
+        }
+    }
+}
+
 /// An AWS error in one line, with the service's own message.
 fn describe_error(err: &crate::error::AwsError) -> String {
     match &err.message {
@@ -135,6 +158,19 @@ struct FollowedJob<'a> {
 }
 
 impl FollowedJob<'_> {
+    /// Whether a new stream goes to the sweeps: by the mode, and in `auto` once the per-stream
+    /// path already serves as many streams as its budget can read in time. `once` reads are
+    /// always per stream (they stop at the current end).
+    fn batched(&self) -> bool {
+        let config = &self.ctx.config;
+        !self.request.once
+            && match config.log_mode {
+                super::LogMode::PerStream => false,
+                super::LogMode::Batched => true,
+                super::LogMode::Auto => self.ctx.logs_budget.users() >= config.batched_above,
+            }
+    }
+
     /// The snapshot in a poller update; `None` for a warning (sent on as an event).
     fn snapshot_from(&self, update: Option<Update>) -> Result<Option<JobSnapshot>, TrackError> {
         let job_id = self.job_id.clone();
@@ -254,15 +290,27 @@ impl FollowedJob<'_> {
                     start_time_ms: self.request.logs_since_ms,
                     end_nonce: snapshot.end_nonce.clone(),
                 };
-                followers.spawn(logs::follow(
-                    self.ctx.logs.clone(),
-                    self.ctx.logs_budget.clone(),
-                    self.ctx.config.clone(),
-                    stream,
-                    done.clone(),
-                    events.clone(),
-                    self.request.once,
-                ));
+                if self.batched() {
+                    followers.spawn(follow_batched(
+                        self.ctx.sweeper.clone(),
+                        self.ctx.logs.clone(),
+                        self.ctx.logs_budget.clone(),
+                        self.ctx.config.clone(),
+                        stream,
+                        done.clone(),
+                        events.clone(),
+                    ));
+                } else {
+                    followers.spawn(logs::follow(
+                        self.ctx.logs.clone(),
+                        self.ctx.logs_budget.clone(),
+                        self.ctx.config.clone(),
+                        stream,
+                        done.clone(),
+                        events.clone(),
+                        self.request.once,
+                    ));
+                }
             }
         }
         if snapshot.status == JobStatus::Runnable {

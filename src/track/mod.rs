@@ -19,6 +19,7 @@ pub mod logs;
 mod outcome;
 mod poller;
 pub mod snapshot;
+pub mod sweep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +38,22 @@ use crate::event::{Event, EventSink, JobStatus, Outcome};
 pub struct TrackerConfig {
     /// Batch calls per second for the whole process (account quota: about 50/s for all callers).
     pub batch_calls_per_second: f64,
-    /// GetLogEvents calls per second for the whole process (account quota: about 25/s, or 10/s).
+    /// GetLogEvents calls per second for the whole process (account quota: 25/s; 10/s in several
+    /// Regions; it cannot be raised).
     pub logs_calls_per_second: f64,
+    /// FilterLogEvents calls per second for the whole process (account quota: 10/s; 25/s in
+    /// us-east-1, 5/s in several Regions; it cannot be raised).
+    pub filter_calls_per_second: f64,
+    /// Which path reads a new log stream (one path for its whole life).
+    pub log_mode: LogMode,
+    /// With [`LogMode::Auto`]: streams beyond this many read per stream go to the sweeps.
+    pub batched_above: usize,
+    /// How often the sweeps read every batched stream.
+    pub sweep_interval: Duration,
+    /// How much of what a sweep read before the next one reads again, for late-ingested lines.
+    pub sweep_overlap: Duration,
+    /// Lines older than this when delivered make the sweeps report `lagging`.
+    pub latency_target: Duration,
     /// Shortest and longest interval between status polls of one job.
     pub poll_min: Duration,
     pub poll_max: Duration,
@@ -66,6 +81,12 @@ impl Default for TrackerConfig {
         TrackerConfig {
             batch_calls_per_second: 5.0,
             logs_calls_per_second: 10.0,
+            filter_calls_per_second: 3.0,
+            log_mode: LogMode::Auto,
+            batched_above: 50,
+            sweep_interval: Duration::from_secs(2),
+            sweep_overlap: Duration::from_secs(10),
+            latency_target: Duration::from_secs(15),
             poll_min: Duration::from_millis(crate::settings::DEFAULT_POLL_MIN_MS),
             poll_max: Duration::from_secs(30),
             log_min_interval: Duration::from_millis(500),
@@ -77,6 +98,58 @@ impl Default for TrackerConfig {
             status_failure_limit: crate::retry::STATUS_FAILURE_LIMIT,
             runnable_warning: Duration::from_secs(300),
             runnable_timeout: None,
+        }
+    }
+}
+
+/// Which path reads a log stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogMode {
+    /// Per stream while few streams are followed, sweeps beyond [`TrackerConfig::batched_above`].
+    Auto,
+    /// GetLogEvents per stream, always (fine for a few jobs; slow for thousands).
+    PerStream,
+    /// FilterLogEvents sweeps, always.
+    Batched,
+}
+
+impl LogMode {
+    pub fn parse(text: &str) -> Option<LogMode> {
+        Some(match text {
+            "auto" => LogMode::Auto,
+            "per-stream" => LogMode::PerStream,
+            "batched" => LogMode::Batched,
+            _ => return None,
+        })
+    }
+}
+
+impl TrackerConfig {
+    /// The defaults with the Logs budgets at 60% of the Region's quotas (the account's other
+    /// users share them): GetLogEvents 25/s (10/s or 30/s in some Regions), FilterLogEvents 10/s
+    /// (25/s in us-east-1, 5/s in some). The per-stream path then serves about 5 s of its
+    /// budget's worth of streams before new ones go to the sweeps.
+    pub fn for_region(region: &str) -> TrackerConfig {
+        let get_quota = match region {
+            "us-west-2" | "eu-west-1" | "eu-central-1" | "ap-northeast-3" | "ap-southeast-3"
+            | "ca-west-1" | "il-central-1" => 10.0,
+            "eu-west-3" => 30.0,
+            _ => 25.0,
+        };
+        let filter_quota = match region {
+            "us-east-1" => 25.0,
+            "eu-central-1" | "ap-northeast-3" | "ap-southeast-3" | "ca-west-1" | "il-central-1" => {
+                5.0
+            }
+            _ => 10.0,
+        };
+        let logs_calls_per_second = get_quota * 0.6;
+        TrackerConfig {
+            logs_calls_per_second,
+            filter_calls_per_second: filter_quota * 0.6,
+            batched_above: (logs_calls_per_second * 5.0) as usize,
+            ..TrackerConfig::default()
         }
     }
 }
@@ -160,7 +233,25 @@ struct Inner {
     config: TrackerConfig,
     batch_budget: Arc<RateBudget>,
     logs_budget: Arc<RateBudget>,
+    filter_budget: Arc<RateBudget>,
+    sweeper: sweep::Sweeper,
     poller: mpsc::UnboundedSender<poller::Command>,
+}
+
+/// What a tracker is doing, for heartbeats and reports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrackerStats {
+    pub log_mode: LogMode,
+    /// Log streams read per stream (GetLogEvents) now.
+    pub per_stream_streams: usize,
+    /// The sweeps (FilterLogEvents): streams, lag, overlap.
+    pub sweeps: sweep::SweepStats,
+    /// Calls so far and budgets (calls per second, after any slow-down for throttling), by API.
+    pub describe_jobs_calls: u64,
+    pub get_log_events_calls: u64,
+    pub filter_log_events_calls: u64,
+    pub get_log_events_per_second: f64,
+    pub filter_log_events_per_second: f64,
 }
 
 impl Tracker {
@@ -168,6 +259,9 @@ impl Tracker {
     pub fn new(clients: &Clients, config: TrackerConfig) -> Self {
         let batch_budget = Arc::new(RateBudget::new(config.batch_calls_per_second));
         let logs_budget = Arc::new(RateBudget::new(config.logs_calls_per_second));
+        let filter_budget = Arc::new(RateBudget::new(config.filter_calls_per_second));
+        let sweeper =
+            sweep::Sweeper::start(clients.logs.clone(), filter_budget.clone(), config.clone());
         let (poller_tx, poller_rx) = mpsc::unbounded_channel();
         tokio::spawn(poller::run(
             clients.batch.clone(),
@@ -182,8 +276,25 @@ impl Tracker {
                 config,
                 batch_budget,
                 logs_budget,
+                filter_budget,
+                sweeper,
                 poller: poller_tx,
             }),
+        }
+    }
+
+    /// What the tracker is doing now: which path reads the logs, the sweeps' lag, calls by API.
+    pub fn stats(&self) -> TrackerStats {
+        let inner = &self.inner;
+        TrackerStats {
+            log_mode: inner.config.log_mode,
+            per_stream_streams: inner.logs_budget.users(),
+            sweeps: inner.sweeper.stats(),
+            describe_jobs_calls: inner.batch_budget.calls(),
+            get_log_events_calls: inner.logs_budget.calls(),
+            filter_log_events_calls: inner.filter_budget.calls(),
+            get_log_events_per_second: inner.logs_budget.rate(),
+            filter_log_events_per_second: inner.filter_budget.rate(),
         }
     }
 
@@ -215,6 +326,7 @@ impl Tracker {
             config: self.inner.config.clone(),
             batch_budget: self.inner.batch_budget.clone(),
             logs_budget: self.inner.logs_budget.clone(),
+            sweeper: self.inner.sweeper.clone(),
             poller: self.inner.poller.clone(),
         };
         let task = tokio::spawn(job::run(context, request, updates_rx, sink));
