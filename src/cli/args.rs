@@ -128,6 +128,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub local: bool,
 
+    #[command(flatten)]
+    pub batch: super::batch_args::BatchArgs,
+
     /// Arguments for the script, after `--`.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub args: Vec<String>,

@@ -2,6 +2,7 @@
 //! error (once), and maps the result to an exit code from [`exit`].
 
 mod args;
+mod batch_args;
 mod config_cmd;
 mod exit;
 mod failure;

@@ -27,6 +27,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     ]
     .into_iter()
     .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+    .chain(
+        args.batch
+            .setting_flags()
+            .into_iter()
+            .map(|(key, value)| (Key::Batch(key), value)),
+    )
     .collect();
     let settings = settings::resolve(&Sources::from_process(flags))?;
     config_cmd::warn_ignored_files(&settings, global);
@@ -51,8 +57,11 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         retry_any_failure: args.retry_any_failure,
         local: args.local,
         extra_suffixes: args.package_suffixes.clone(),
+        schedule: args.batch.schedule(),
     };
     let spec = build_spec(&settings, &options)?;
+    let array_size = spec.batch().and_then(|b| b.scheduling.array_size());
+    args.batch.check_following(array_size)?;
     let runnable_timeout = args
         .runnable_timeout
         .as_deref()

@@ -259,6 +259,7 @@ pub struct QueueSpec {
     name: String,
     state: String,
     compute_environments: Vec<(String, String, i32)>,
+    scheduling_policy: Option<String>,
 }
 
 impl QueueSpec {
@@ -267,7 +268,14 @@ impl QueueSpec {
             name: name.to_owned(),
             state: "ENABLED".into(),
             compute_environments: Vec::new(),
+            scheduling_policy: None,
         }
+    }
+
+    /// A fair-share scheduling policy: every SubmitJob then needs a share identifier.
+    pub fn scheduling_policy(mut self, arn: &str) -> Self {
+        self.scheduling_policy = Some(arn.to_owned());
+        self
     }
 
     /// A managed compute environment of `resource_type` (`EC2`, `SPOT`, `FARGATE`, `FARGATE_SPOT`).
@@ -290,6 +298,7 @@ pub(super) struct Queue {
     arn: String,
     state: String,
     compute_environments: Vec<String>,
+    scheduling_policy: Option<String>,
 }
 
 #[derive(Debug)]
@@ -642,6 +651,7 @@ impl State {
                 name: spec.name,
                 state: spec.state,
                 compute_environments: ce_arns,
+                scheduling_policy: spec.scheduling_policy,
             },
         );
     }
@@ -701,7 +711,7 @@ impl State {
             .values()
             .filter(|q| wanted.is_empty() || wanted.iter().any(|w| *w == q.name || *w == q.arn))
             .map(|q| {
-                json!({
+                let mut queue = json!({
                     "jobQueueName": q.name,
                     "jobQueueArn": q.arn,
                     "state": q.state,
@@ -710,7 +720,11 @@ impl State {
                     "computeEnvironmentOrder": q.compute_environments.iter().enumerate()
                         .map(|(i, ce)| json!({"order": i + 1, "computeEnvironment": ce}))
                         .collect::<Vec<_>>(),
-                })
+                });
+                if let Some(policy) = &q.scheduling_policy {
+                    queue["schedulingPolicyArn"] = json!(policy);
+                }
+                queue
             })
             .collect();
         ok(json!({ "jobQueues": queues }))
@@ -807,6 +821,16 @@ impl State {
         let Some(queue) = self.queue(queue_ref) else {
             return client_error(&format!("JobQueue {queue_ref} not found"));
         };
+        // As AWS: a share identifier exactly when the queue has a fair-share policy.
+        match (&queue.scheduling_policy, body.get("shareIdentifier")) {
+            (Some(_), None) => {
+                return client_error("shareIdentifier is required for a fair-share job queue")
+            }
+            (None, Some(_)) => {
+                return client_error("shareIdentifier is only allowed with a fair-share job queue")
+            }
+            _ => {}
+        }
         let (queue_arn, queue_name) = (queue.arn.clone(), queue.name.clone());
         let def_ref = body["jobDefinition"].as_str().unwrap_or_default();
         let Some((def_name, def)) = self.definition(def_ref) else {
