@@ -15,6 +15,7 @@ use super::follow::{self, Interrupts, OnInterrupt};
 use super::render::{RenderOptions, Renderer};
 use super::signals::Signals;
 use super::Global;
+use mfbatch::track::array::ArrayFollow;
 use mfbatch::track::FollowRequest;
 
 pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
@@ -145,12 +146,20 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         }
         return Ok(exit::SUCCESS);
     }
-    let request = FollowRequest::new(submitted.job_id.clone());
+    let request = FollowRequest {
+        array: array_size.map(|_| ArrayFollow {
+            show_failed: args.batch.show_failed,
+            follow_indexes: args.batch.follow_index.clone(),
+            ..ArrayFollow::default()
+        }),
+        ..FollowRequest::new(submitted.job_id.clone())
+    };
     follow::follow(
         &clients,
         follow::tracker_config(&settings, Some(runnable_warning), runnable_timeout)?,
         vec![request],
-        follow::renderer(&global, false, false),
+        // Streamed children's lines carry their index.
+        follow::renderer(&global, !args.batch.follow_index.is_empty(), false),
         Interrupts {
             on_interrupt: OnInterrupt::StopJobs,
             signals: &mut signals,

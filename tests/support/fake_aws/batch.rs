@@ -1,8 +1,13 @@
 //! The fake's AWS Batch: queues, compute environments, job definitions and jobs that move along a
 //! scripted [`Timeline`], spoken as REST-JSON (`POST /v1/<operation>`).
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use wiremock::{Request, ResponseTemplate};
+
+mod arrays;
+pub use arrays::ArrayScript;
 
 use super::logs::{Pending, Release};
 use super::{now_ms, JobStatus, State, ACCOUNT, BATCH_LOG_GROUP, REGION};
@@ -335,8 +340,9 @@ pub(super) struct Job {
     queue_name: String,
     definition_arn: String,
     definition_name: String,
-    definition: Value,
-    submit: Value,
+    // Shared: an array's 10,000 children hold the same bodies.
+    definition: Arc<Value>,
+    submit: Arc<Value>,
     created_at: i64,
     started_at: Option<i64>,
     stopped_at: Option<i64>,
@@ -350,6 +356,10 @@ pub(super) struct Job {
     /// `MFBATCH_END_NONCE` from the submit, when mfbatch launched it.
     end_nonce: Option<String>,
     auto_end_records: bool,
+    /// An array child's index.
+    array_index: Option<usize>,
+    /// An array parent's children and how its summary behaves.
+    array: Option<arrays::ParentArray>,
 }
 
 /// What a test can see of a job.
@@ -379,7 +389,7 @@ impl Job {
             definition: self.definition_arn.clone(),
             status: self.status,
             status_reason: self.status_reason.clone(),
-            submit: self.submit.clone(),
+            submit: (*self.submit).clone(),
             attempts: self.attempts.len(),
             log_streams: self
                 .attempts
@@ -492,6 +502,9 @@ impl Job {
         if let Some(retry) = self.submit.get("retryStrategy") {
             obj.insert("retryStrategy".into(), retry.clone());
         }
+        if let Some(array) = self.array_properties(true) {
+            obj.insert("arrayProperties".into(), array);
+        }
         detail
     }
 
@@ -513,6 +526,9 @@ impl Job {
         }
         if let Some(t) = self.stopped_at {
             obj.insert("stoppedAt".into(), json!(t));
+        }
+        if let Some(array) = self.array_properties(false) {
+            obj.insert("arrayProperties".into(), array);
         }
         if let Some(last) = self.attempts.last().filter(|a| a.stopped_at.is_some()) {
             let mut c = json!({});
@@ -838,11 +854,19 @@ impl State {
         };
         let (def_name, def_arn, def_body) =
             (def_name.to_owned(), def.arn.clone(), def.body.clone());
-        let timeline = self
-            .scripted
-            .pop_front()
-            .filter(|t| !t.phases.is_empty())
-            .unwrap_or_else(|| self.default_timeline.clone());
+        let array_size = body["arrayProperties"]["size"].as_u64().unwrap_or(0) as usize;
+        if body.get("arrayProperties").is_some() && !(2..=10_000).contains(&array_size) {
+            return client_error("arrayProperties.size must be between 2 and 10000");
+        }
+        let timeline = if array_size > 0 {
+            // The parent's status follows its children (see `arrays`).
+            Timeline::new().status(JobStatus::Submitted, usize::MAX)
+        } else {
+            self.scripted
+                .pop_front()
+                .filter(|t| !t.phases.is_empty())
+                .unwrap_or_else(|| self.default_timeline.clone())
+        };
         let id = self.uuid();
         let job = Job {
             id: id.clone(),
@@ -851,8 +875,8 @@ impl State {
             queue_name,
             definition_arn: def_arn,
             definition_name: def_name,
-            definition: def_body,
-            submit: body.clone(),
+            definition: Arc::new(def_body),
+            submit: Arc::new(body.clone()),
             created_at: now_ms(),
             started_at: None,
             stopped_at: None,
@@ -871,10 +895,15 @@ impl State {
                 .and_then(|kv| kv["value"].as_str())
                 .map(str::to_owned),
             auto_end_records: timeline.auto_end_records,
+            array_index: None,
+            array: None,
         };
         self.jobs.insert(id.clone(), job);
         self.job_order.push(id.clone());
         self.enter_phase(&id, 0);
+        if array_size > 0 {
+            self.spawn_children(&id, array_size);
+        }
         ok(json!({"jobArn": format!("{ARN_PREFIX}job/{id}"), "jobName": name, "jobId": id}))
     }
 
@@ -1048,20 +1077,29 @@ impl State {
                 job.hidden_for -= 1;
                 continue;
             }
-            // A phase change happens at the call that first shows it, so its effects (a new
-            // attempt's stream, lines held until the end) appear exactly when the client sees it.
-            let next = job.phase + 1;
-            if !job.status.is_terminal()
-                && next < job.phases.len()
-                && job.seen >= job.phases[job.phase].describes
-            {
-                self.enter_phase(&id, next);
+            if job.array.is_some() {
+                self.tick_array(&id);
+            } else {
+                self.advance(&id);
             }
             let job = self.jobs.get_mut(&id).expect("still there");
             out.push(job.detail());
             job.seen += 1;
         }
         ok(json!({ "jobs": out }))
+    }
+
+    /// A phase change happens at the call that first shows it, so its effects (a new attempt's
+    /// stream, lines held until the end) appear exactly when the client sees it.
+    fn advance(&mut self, id: &str) {
+        let job = &self.jobs[id];
+        let next = job.phase + 1;
+        if !job.status.is_terminal()
+            && next < job.phases.len()
+            && job.seen >= job.phases[job.phase].describes
+        {
+            self.enter_phase(id, next);
+        }
     }
 
     /// TerminateJob (any job not yet ended) and CancelJob (only jobs not yet STARTING, as in
@@ -1071,6 +1109,9 @@ impl State {
             return client_error("jobId and reason are required");
         };
         let terminate_exit_code = self.terminate_exit_code;
+        if self.jobs.get(id).is_some_and(|j| j.array.is_some()) {
+            return self.stop_array(id, reason, cancel);
+        }
         let Some(job) = self.jobs.get_mut(id) else {
             return client_error(&format!("Job {id} not found"));
         };
@@ -1106,6 +1147,9 @@ impl State {
     }
 
     fn list_jobs(&self, body: &Value) -> ResponseTemplate {
+        if let Some(parent) = body["arrayJobId"].as_str() {
+            return self.list_children(parent, body);
+        }
         let queue = body["jobQueue"]
             .as_str()
             .and_then(|q| self.queue(q))

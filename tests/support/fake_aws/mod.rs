@@ -31,7 +31,7 @@ use mfbatch::aws::{ClientOptions, Clients};
 use serde_json::Value;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-pub use batch::{AttemptEnd, JobView, QueueSpec, Timeline};
+pub use batch::{ArrayScript, AttemptEnd, JobView, QueueSpec, Timeline};
 pub use mfbatch::event::JobStatus;
 
 pub const ACCOUNT: &str = "123456789012";
@@ -106,6 +106,7 @@ pub(crate) struct State {
     jobs: BTreeMap<String, batch::Job>,
     job_order: Vec<String>,
     scripted: VecDeque<Timeline>,
+    scripted_arrays: VecDeque<batch::ArrayScript>,
     default_timeline: Timeline,
     terminate_exit_code: Option<i32>,
     buckets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
@@ -131,6 +132,7 @@ impl State {
             jobs: BTreeMap::new(),
             job_order: Vec::new(),
             scripted: VecDeque::new(),
+            scripted_arrays: VecDeque::new(),
             default_timeline: Timeline::default(),
             terminate_exit_code: Some(143),
             buckets: BTreeMap::new(),
@@ -402,6 +404,16 @@ impl FakeAws {
     /// The timeline of the next submitted job (queued: one per SubmitJob, in order).
     pub fn script_next_job(&self, timeline: Timeline) {
         self.state().scripted.push_back(timeline);
+    }
+
+    /// How the next array job's children and parent behave (queued: one per array SubmitJob).
+    pub fn script_next_array(&self, script: ArrayScript) {
+        self.state().scripted_arrays.push_back(script);
+    }
+
+    /// When child `index` of array `parent_id` was first seen FAILED (at a parent describe).
+    pub fn child_failed_at(&self, parent_id: &str, index: usize) -> Option<std::time::Instant> {
+        self.state().child_failed_at(parent_id, index)
     }
 
     /// The timeline of jobs with no scripted one (default: [`Timeline::default`]).
