@@ -43,6 +43,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop jobs: cancel them before they run, terminate them after.
     Kill(KillArgs),
+    /// List the queue's jobs (or an array's children), newest first.
+    List(super::list_cmd::ListArgs),
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod exit;
 mod failure;
 mod follow;
 mod jobs_cmd;
+mod list_cmd;
 mod render;
 mod report;
 mod run;
@@ -54,6 +55,7 @@ pub fn main() -> ExitCode {
             Command::Logs(args) => jobs_cmd::logs(args, global).await,
             Command::Status(args) => jobs_cmd::status(args, global).await,
             Command::Kill(args) => jobs_cmd::kill(args, global).await,
+            Command::List(args) => list_cmd::list(args, global).await,
         }
     });
     let code = match result {

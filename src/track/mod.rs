@@ -16,6 +16,7 @@
 pub mod array;
 mod budget;
 mod job;
+pub mod list;
 pub mod logs;
 mod outcome;
 mod poller;
