@@ -105,6 +105,6 @@ async fn lists_an_arrays_children_with_their_index() {
     assert!(lines[1..].iter().all(|l| l.contains(&format!("{parent}:"))));
     // The queue's listing shows the parent, not its children.
     let out = cli.run(&["list"]);
-    assert_eq!(ids(&out.stdout), [parent.clone()]);
+    assert_eq!(ids(&out.stdout), [parent]);
     assert!(out.stdout.contains("[array of 4]"), "{}", out.render());
 }
