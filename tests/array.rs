@@ -45,52 +45,6 @@ fn child(index: usize, runs: usize, code: i32) -> Timeline {
         .exit(code)
 }
 
-/// Submits an array of `size` through the SDK under a minimal definition, with an end-record
-/// nonce as mfbatch gives its jobs; returns the parent id.
-async fn submit_array(fake: &FakeAws, size: i32, script: ArrayScript) -> String {
-    fake.script_next_array(script);
-    let clients = fake.clients();
-    let def = clients
-        .batch
-        .register_job_definition()
-        .job_definition_name("mfbatch-array")
-        .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
-        .container_properties(
-            aws_sdk_batch::types::ContainerProperties::builder()
-                .image(IMAGE)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let nonce = aws_sdk_batch::types::KeyValuePair::builder()
-        .name("MFBATCH_END_NONCE")
-        .value("arraynonce")
-        .build();
-    clients
-        .batch
-        .submit_job()
-        .job_name("sweep")
-        .job_queue(QUEUE)
-        .job_definition(def.job_definition_arn().unwrap())
-        .array_properties(
-            aws_sdk_batch::types::ArrayProperties::builder()
-                .size(size)
-                .build(),
-        )
-        .container_overrides(
-            aws_sdk_batch::types::ContainerOverrides::builder()
-                .environment(nonce)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .job_id()
-        .unwrap()
-        .to_owned()
-}
-
 /// Follows the array, collecting every event (with when it arrived).
 async fn follow(
     fake: &FakeAws,
@@ -145,7 +99,7 @@ async fn a_parent_pending_then_failed_with_mixed_exit_codes() {
             )),
         _ => child(i, 1 + i, 0),
     });
-    let id = submit_array(&fake, 6, script).await;
+    let id = fake.submit_array(6, script).await;
     let (events, outcome) = follow(
         &fake,
         &id,
@@ -220,12 +174,12 @@ async fn a_parent_pending_then_failed_with_mixed_exit_codes() {
 async fn failures_sharing_one_exit_code_give_it_as_the_arrays() {
     let fake = FakeAws::start().await;
     let script = ArrayScript::each(4, |i| child(i, 1, if i % 2 == 1 { 7 } else { 0 }));
-    let id = submit_array(&fake, 4, script).await;
+    let id = fake.submit_array(4, script).await;
     let (_, outcome) = follow(&fake, &id, fast_config(), ArrayFollow::default()).await;
     assert_eq!(outcome.exit_code, Some(7));
 
     let all_good = ArrayScript::each(3, |i| child(i, 1, 0));
-    let id = submit_array(&fake, 3, all_good).await;
+    let id = fake.submit_array(3, all_good).await;
     let (events, outcome) = follow(&fake, &id, fast_config(), ArrayFollow::default()).await;
     assert!(outcome.succeeded());
     assert_eq!(outcome.exit_code, Some(0));
@@ -243,7 +197,7 @@ async fn a_status_summary_lagging_behind_the_children() {
     let mut script = ArrayScript::each(8, |i| child(i, 1 + i % 3, if i == 6 { 2 } else { 0 }));
     script.summary_lag = 4;
     script.parent_end_lag = 3;
-    let id = submit_array(&fake, 8, script).await;
+    let id = fake.submit_array(8, script).await;
     let (events, outcome) = follow(&fake, &id, fast_config(), ArrayFollow::default()).await;
     assert_eq!(failed_children(&events), [(6, Some(2))]);
     assert_eq!(outcome.exit_code, Some(2));
@@ -264,7 +218,7 @@ async fn a_status_summary_lagging_behind_the_children() {
 async fn list_jobs_is_paged_and_each_failure_is_reported_once() {
     let fake = FakeAws::start().await;
     let script = ArrayScript::each(300, |i| child(i, 1 + i % 5, if i % 6 < 5 { 1 } else { 0 }));
-    let id = submit_array(&fake, 300, script).await;
+    let id = fake.submit_array(300, script).await;
     let (events, outcome) = follow(&fake, &id, fast_config(), ArrayFollow::default()).await;
     let mut failed = failed_children(&events);
     failed.sort();
@@ -296,7 +250,7 @@ async fn ten_thousand_children_are_followed_with_a_few_calls() {
             .running(1 + i % 7)
             .exit(code)
     });
-    let id = submit_array(&fake, 10_000, script).await;
+    let id = fake.submit_array(10_000, script).await;
     let started = Instant::now();
     let (events, outcome) = follow(&fake, &id, fast_config(), ArrayFollow::default()).await;
     let elapsed = started.elapsed();

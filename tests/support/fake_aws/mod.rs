@@ -411,9 +411,10 @@ impl FakeAws {
         self.state().scripted_arrays.push_back(script);
     }
 
-    /// When child `index` of array `parent_id` was first seen FAILED (at a parent describe).
-    pub fn child_failed_at(&self, parent_id: &str, index: usize) -> Option<std::time::Instant> {
-        self.state().child_failed_at(parent_id, index)
+    /// When (epoch ms) each failed child of array `parent_id` was first seen FAILED (at a
+    /// parent describe), by index.
+    pub fn children_failed_at(&self, parent_id: &str) -> BTreeMap<usize, i64> {
+        self.state().children_failed_at(parent_id)
     }
 
     /// The timeline of jobs with no scripted one (default: [`Timeline::default`]).
@@ -731,6 +732,44 @@ impl FakeAws {
             ids.push(out.job_id().unwrap_or_default().to_owned());
         }
         ids
+    }
+
+    /// Submits an array of `size` children behaving as `script` says, through the SDK under a
+    /// minimal definition, with an end-record nonce as mfbatch gives its jobs; the parent's id.
+    pub async fn submit_array(&self, size: i32, script: ArrayScript) -> String {
+        use aws_sdk_batch::types::{
+            ArrayProperties, ContainerOverrides, ContainerProperties, JobDefinitionType,
+            KeyValuePair,
+        };
+        self.script_next_array(script);
+        let clients = self.clients();
+        let def = clients
+            .batch
+            .register_job_definition()
+            .job_definition_name("mfbatch-array")
+            .r#type(JobDefinitionType::Container)
+            .container_properties(ContainerProperties::builder().image(IMAGE).build())
+            .send()
+            .await
+            .expect("register a definition");
+        let nonce = KeyValuePair::builder()
+            .name("MFBATCH_END_NONCE")
+            .value("arraynonce")
+            .build();
+        clients
+            .batch
+            .submit_job()
+            .job_name("sweep")
+            .job_queue(QUEUE)
+            .job_definition(def.job_definition_arn().unwrap_or_default())
+            .array_properties(ArrayProperties::builder().size(size).build())
+            .container_overrides(ContainerOverrides::builder().environment(nonce).build())
+            .send()
+            .await
+            .expect("submit an array")
+            .job_id()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The whole environment of a spawned `mfbatch` (add `PATH` if it needs one): this fake as

@@ -5,7 +5,6 @@
 //! `arrayJobId` with paging; TerminateJob/CancelJob on the parent stopping every child.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
 
 use serde_json::{json, Value};
 use wiremock::ResponseTemplate;
@@ -25,7 +24,7 @@ pub struct ArrayScript {
 
 impl ArrayScript {
     /// Child i follows `timeline(i)`, for `size` children.
-    pub fn each(size: usize, timeline: impl Fn(usize) -> Timeline) -> Self {
+    pub fn each(size: usize, timeline: impl FnMut(usize) -> Timeline) -> Self {
         ArrayScript {
             children: (0..size).map(timeline).collect(),
             ..Default::default()
@@ -43,7 +42,7 @@ pub(crate) struct ParentArray {
     history: VecDeque<BTreeMap<JobStatus, usize>>,
     ended_for: usize,
     /// When each child was first seen FAILED, for latency measurements.
-    pub(crate) failed_at: BTreeMap<usize, Instant>,
+    pub(crate) failed_at: BTreeMap<usize, i64>,
 }
 
 const STATUSES: [JobStatus; 7] = [
@@ -161,7 +160,7 @@ impl State {
         let parent = self.jobs.get_mut(parent_id).expect("the parent");
         let seen = parent.seen;
         let array = parent.array.as_mut().expect("a parent");
-        let now = Instant::now();
+        let now = super::now_ms();
         for index in failed_now {
             array.failed_at.entry(index).or_insert(now);
         }
@@ -260,14 +259,12 @@ impl State {
         ok(out)
     }
 
-    /// When child `index` of `parent_id` was first seen FAILED.
-    pub(crate) fn child_failed_at(&self, parent_id: &str, index: usize) -> Option<Instant> {
+    /// When (epoch ms) each failed child of `parent_id` was first seen FAILED.
+    pub(crate) fn children_failed_at(&self, parent_id: &str) -> BTreeMap<usize, i64> {
         self.jobs
-            .get(parent_id)?
-            .array
-            .as_ref()?
-            .failed_at
-            .get(&index)
-            .copied()
+            .get(parent_id)
+            .and_then(|j| j.array.as_ref())
+            .map(|a| a.failed_at.clone())
+            .unwrap_or_default()
     }
 }
