@@ -313,6 +313,12 @@ async fn run_array_renders_counts_failures_and_exits_with_the_common_code() {
     let status = cli.run(&["status", &format!("{parent}:3"), &format!("{parent}:0")]);
     assert_eq!(status.code, Some(0), "{}", status.render());
     assert!(status.stdout.contains(&format!("{parent}:3  FAILED")));
+    let status = cli.run(&["status", &parent]);
+    assert!(
+        status.stdout.contains("array of 5: SUCCEEDED 4 · FAILED 1"),
+        "{}",
+        status.render()
+    );
     let logs = cli.run(&["logs", &format!("{parent}:3")]);
     assert_eq!(
         logs.stdout,
