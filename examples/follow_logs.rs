@@ -203,6 +203,8 @@ async fn serve(jobs: usize, busy: usize, speedup: u32, faults: bool) {
     if faults {
         fake.set_random_faults(0.3, 0.05, &[]);
     }
+    let ops = ["GetLogEvents", "FilterLogEvents", "DescribeJobs"];
+    let setup: HashMap<&str, usize> = ops.into_iter().map(|op| (op, fake.calls(op))).collect();
     println!("{}", json!({"uri": fake.uri(), "ids": ids}));
     let written = Arc::new(Mutex::new(vec![0usize; jobs]));
     let writer = {
@@ -226,9 +228,9 @@ async fn serve(jobs: usize, busy: usize, speedup: u32, faults: bool) {
     writer.abort();
     let written = written.lock().unwrap().clone();
     fake.clear_faults();
-    let calls: HashMap<&str, usize> = ["GetLogEvents", "FilterLogEvents", "DescribeJobs"]
+    let calls: HashMap<&str, usize> = ops
         .into_iter()
-        .map(|op| (op, fake.calls(op)))
+        .map(|op| (op, fake.calls(op) - setup[op]))
         .collect();
     println!("{}", json!({ "written": written, "calls": calls }));
     // Keep serving the grace period's reads until the parent closes stdin.
@@ -377,6 +379,7 @@ async fn follow_child(args: &[String]) {
     );
     drop(to_child);
     let _ = child.kill();
+    let _ = child.wait();
 }
 
 struct Seen {

@@ -3,6 +3,7 @@
 //! The library never prints; a CLI or an embedding program decides what to show. Every type here
 //! serializes to the JSON that `--output json` writes, one event per line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -221,6 +222,49 @@ pub enum Event {
     Heartbeat(crate::track::TrackerStats),
     /// CloudFormation did something to a stack's resource (`mfbatch stack deploy|delete`).
     Stack(crate::stack::StackEvent),
+    /// An array's children by status, when the counts change (the parent's `statusSummary`).
+    ArrayProgress {
+        job_id: String,
+        job_name: String,
+        size: usize,
+        counts: BTreeMap<JobStatus, usize>,
+    },
+    /// A child of an array failed (seen in ListJobs, so its exit code is known when it had one).
+    ChildFailed {
+        job_id: String,
+        child_id: String,
+        index: usize,
+        exit_code: Option<i32>,
+        /// `container.reason`, e.g. `OutOfMemoryError: …`.
+        reason: Option<String>,
+        status_reason: Option<String>,
+    },
+    /// The last lines of a failed child's log stream (`--show-failed K`: the first K failures).
+    ChildLogTail {
+        job_id: String,
+        child_id: String,
+        index: usize,
+        log_stream: String,
+        lines: Vec<String>,
+    },
+    /// The array ended: its counts and its failures grouped by exit code.
+    ArrayDone {
+        job_id: String,
+        job_name: String,
+        size: usize,
+        counts: BTreeMap<JobStatus, usize>,
+        failed: Vec<FailureGroup>,
+    },
+}
+
+/// Failed children that share an exit code (or, without one, a reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureGroup {
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub count: usize,
+    /// Their indexes as compressed ranges: `2,5-7,9`.
+    pub indexes: String,
 }
 
 /// Where events go: a callback shared by everything working for one caller.

@@ -269,6 +269,7 @@ impl LocalJob {
             end_nonce: Some(end_nonce),
             stopped_at_ms: Some(now_ms()),
             retry: None,
+            array: None,
         };
         let outcome = snapshot.outcome(step_end);
         events(Event::Exited(outcome.clone()));

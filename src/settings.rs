@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
 
+pub mod batch_keys;
+pub use batch_keys::BatchKey;
+
 /// A setting mfbatch understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
@@ -51,6 +54,8 @@ pub enum Key {
     GetLogEventsPerSecond,
     FilterLogEventsPerSecond,
     LogMode,
+    /// A container option or scheduling setting of `run` ([`batch_keys`]).
+    Batch(BatchKey),
 }
 
 impl Key {
@@ -82,6 +87,13 @@ impl Key {
         Key::LogMode,
     ];
 
+    /// [`Key::ALL`], then the container and scheduling keys.
+    pub fn every() -> impl Iterator<Item = Key> {
+        Key::ALL
+            .into_iter()
+            .chain(BatchKey::ALL.into_iter().map(Key::Batch))
+    }
+
     /// The environment-variable name, which is also the key in Metaflow's config files.
     pub fn name(self) -> &'static str {
         match self {
@@ -109,6 +121,7 @@ impl Key {
             Key::GetLogEventsPerSecond => "MFBATCH_GET_LOG_EVENTS_PER_SECOND",
             Key::FilterLogEventsPerSecond => "MFBATCH_FILTER_LOG_EVENTS_PER_SECOND",
             Key::LogMode => "MFBATCH_LOG_MODE",
+            Key::Batch(key) => key.name(),
         }
     }
 
@@ -121,6 +134,7 @@ impl Key {
             Key::EcsFargateExecutionRole => Some("--execution-role"),
             Key::DatastoreSysrootS3 => Some("--datastore-root"),
             Key::DefaultMetadata => Some("--no-metadata"),
+            Key::Batch(key) => Some(key.flag()),
             _ => None,
         }
     }
@@ -305,7 +319,7 @@ impl Settings {
 
     /// Every key with its value (when set), for `mfbatch config`.
     pub fn entries(&self) -> impl Iterator<Item = (Key, Option<&Resolved>)> + '_ {
-        Key::ALL.into_iter().map(|k| (k, self.values.get(&k)))
+        Key::every().map(|k| (k, self.values.get(&k)))
     }
 }
 
@@ -359,7 +373,7 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
     settings.files_read.extend(project_path.iter().cloned());
     settings.files_read.extend(profile_path.iter().cloned());
 
-    for key in Key::ALL {
+    for key in Key::every() {
         // Metaflow treats an empty value as unset, so an empty one falls through to the next source.
         let non_empty = |v: &&String| !v.trim().is_empty();
         let found = sources

@@ -205,3 +205,80 @@ fn detach_then_logs_and_status_batch() {
     );
     assert_eq!(describe_job(job_id)["status"], "SUCCEEDED");
 }
+
+/// An array of 5 on moto: each child prints its index and its `--array-args` line; child 3
+/// fails with 4. `run` exits 4, streams the followed children, lists the failure with the failed
+/// child's last lines, and `<parent>:<i>` ids work for `logs`.
+#[test]
+fn array_children_get_their_index_and_line_batch() {
+    let backend = Backend::Batch;
+    let step = StepDir::new(&[
+        (
+            "child.py",
+            "import os, sys\n\
+             i = int(os.environ['MFBATCH_ARRAY_INDEX'])\n\
+             print('child', i, 'of', os.environ['MFBATCH_ARRAY_SIZE'], 'args', sys.argv[1:])\n\
+             if i == 3:\n    print('child 3 fails')\n    sys.exit(4)\n",
+        ),
+        ("args.txt", "--x 0\n--x 1\n'two words' 2\n--x 3\n--x 4\n"),
+    ]);
+    let args_file = step.script("args.txt").display().to_string();
+    let out = run(step.run_command(
+        backend,
+        "child.py",
+        &[
+            "--array",
+            "5",
+            "--array-args",
+            &args_file,
+            "--follow-index",
+            "0",
+            "--follow-index",
+            "2",
+            "--",
+            "--fixed",
+        ],
+    ));
+    assert_eq!(out.code, Some(4), "{}", out.describe());
+    let mut lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_once(" | ").map_or(l, |(_, line)| line))
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "child 0 of 5 args ['--fixed', '--x', '0']",
+            "child 2 of 5 args ['--fixed', 'two words', '2']",
+        ],
+        "{}",
+        out.describe()
+    );
+    for expected in [
+        "failed children: exit 4 × 1 (3)",
+        "  | child 3 of 5 args ['--fixed', '--x', '3']",
+        "  | child 3 fails",
+        "1 of 5 children failed: exit 4 × 1 (3)",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "{expected:?}\n{}",
+            out.describe()
+        );
+    }
+    let parent = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Submitted "))
+        .and_then(|l| {
+            l.split_once(" (")?
+                .1
+                .split_once(')')
+                .map(|(id, _)| id.to_owned())
+        })
+        .expect("the parent's id");
+    let logs = run(step.mfbatch(backend, &["logs", &format!("{parent}:1")]));
+    logs.assert(0, &["child 1 of 5 args ['--fixed', '--x', '1']"]);
+    assert_eq!(describe_job(&format!("{parent}:3"))["status"], "FAILED");
+}

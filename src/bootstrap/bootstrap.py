@@ -5,6 +5,10 @@ MFBATCH_SCRIPT, MFBATCH_ARGS (JSON list), MFBATCH_WORKDIR_PARENT,
 MFBATCH_END_NONCE, MFBATCH_BOOTSTRAP_RETRY_BASE_SECONDS (1),
 MFBATCH_TASK_HEARTBEAT_URL + METAFLOW_SERVICE_HEADERS (Metaflow task heartbeat),
 METAFLOW_S3_ENDPOINT_URL, AWS_REGION and the usual AWS credential sources.
+Arrays: MFBATCH_ARRAY_SIZE, MFBATCH_ARRAY_ARGS_URL/_SHA256 (child i appends
+line i, shell-split, to its args). The step sees MFBATCH_ARRAY_INDEX/_SIZE,
+and on multi-node jobs MFBATCH_NODE_INDEX, MFBATCH_NUM_NODES,
+MFBATCH_MAIN_NODE_ADDRESS (and Metaflow's MF_PARALLEL_*).
 
 Exit: the step's code, 128+N if it died by signal N; before it runs:
 121 download failed (403/404, retries spent); 122 package corrupt (sha256, not
@@ -15,7 +19,7 @@ record `mfbatch-end:v1:NONCE:ATTEMPT:CODE:ORIGIN:stdout|stderr`, so mfbatch
 knows the output is complete and who chose the code: ORIGIN is step,
 bootstrap, or stopped (the container was told to stop; only Batch knows why).
 """
-import hmac, json, os, random, re, shutil, signal, subprocess, sys, tarfile
+import hmac, json, os, random, re, shlex, shutil, signal, socket, subprocess, sys, tarfile
 import tempfile, time, zlib
 from hashlib import sha256
 from http.client import HTTPException
@@ -211,8 +215,60 @@ def extract(fileobj, root, expected=None):
         raise Fail(122, "package holds %d files, expected %d: it ends early" % (files, expected))
 
 
+def array_index(env):
+    """(index, size) of an array child, else None. Batch sets ARRAY_INDEX on
+    children; moto does not, but the child id ends with `:<index>`; an
+    "array" of 1 is a plain job, index 0."""
+    size = (env.get("MFBATCH_ARRAY_SIZE") or "").strip()
+    if not size:
+        return None
+    index = (env.get("AWS_BATCH_JOB_ARRAY_INDEX") or "").strip()
+    if not index:
+        job = env.get("AWS_BATCH_JOB_ID") or ""
+        index = job.rpartition(":")[2] if ":" in job else "0"
+    if not (size.isdigit() and index.isdigit() and int(index) < int(size)):
+        raise Fail(123, "bad array index %r of size %r" % (index, size))
+    return int(index), int(size)
+
+
+def array_args(env, parent, index):
+    """Child `index`'s line of the --array-args file, as arguments."""
+    url, want = env.get("MFBATCH_ARRAY_ARGS_URL"), env.get("MFBATCH_ARRAY_ARGS_SHA256")
+    if not url:
+        return []
+    with tempfile.TemporaryFile(dir=parent) as tmp:
+        if fetch(url, tmp, env) != (want or "").strip().lower():
+            raise Fail(122, "array args sha256 differs from MFBATCH_ARRAY_ARGS_SHA256")
+        tmp.seek(0)
+        lines = tmp.read().decode("utf-8", "replace").splitlines()
+    if index >= len(lines):
+        raise Fail(123, "array args file has no line %d" % index)
+    try:
+        return shlex.split(lines[index])
+    except ValueError as e:
+        raise Fail(123, "array args line %d: %s" % (index, e))
+
+
+def position_env(env, position):
+    """What the step is told of its place in an array or a multi-node job."""
+    out = {}
+    if position:
+        out.update(MFBATCH_ARRAY_INDEX=str(position[0]), MFBATCH_ARRAY_SIZE=str(position[1]))
+    node, nodes = env.get("AWS_BATCH_JOB_NODE_INDEX"), env.get("AWS_BATCH_JOB_NUM_NODES")
+    if node is not None and nodes:
+        main = env.get("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS")
+        if not main:  # Batch leaves it out on the main node itself
+            try:
+                main = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                main = "127.0.0.1"
+        out.update(MFBATCH_NODE_INDEX=node, MFBATCH_NUM_NODES=nodes, MFBATCH_MAIN_NODE_ADDRESS=main,
+                   MF_PARALLEL_NODE_INDEX=node, MF_PARALLEL_NUM_NODES=nodes, MF_PARALLEL_MAIN_IP=main)
+    return out
+
+
 def prepare(env):
-    """Check env, fetch, verify, unpack; return (root, script, args)."""
+    """Check env, fetch, verify, unpack; return (root, script, args, step vars)."""
     need = ("MFBATCH_PACKAGE_URL", "MFBATCH_PACKAGE_SHA256", "MFBATCH_SCRIPT")
     if not all(env.get(v) for v in need):
         raise Fail(123, "missing " + ", ".join(v for v in need if not env.get(v)))
@@ -231,6 +287,7 @@ def prepare(env):
     if count and not count.isdigit():
         raise Fail(123, "MFBATCH_PACKAGE_FILES is not a number")
     expected = int(count) if count else None
+    position = array_index(env)
     parent = env.get("MFBATCH_WORKDIR_PARENT") or tempfile.gettempdir()
     try:
         root = tempfile.mkdtemp(prefix="mfbatch-", dir=parent)
@@ -244,13 +301,14 @@ def prepare(env):
                 raise Fail(122, "package sha256 is %s, expected %s" % (got, sha))
             tmp.seek(0)
             extract(tmp, root, expected)
+        args += array_args(env, parent, position[0]) if position else []
         path = os.path.realpath(os.path.join(root, script))
         if not (_inside(os.path.realpath(root), path) and os.path.isfile(path)):
             raise Fail(123, "script %r is not in the package" % script)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    return root, script, args
+    return root, script, args, position_env(env, position)
 
 
 def _on_signal(signum, _frame):
@@ -279,10 +337,11 @@ def end_record(code, origin, env):
             pass  # a closed pipe: nobody is reading
 
 
-def step_env(env, root):
+def step_env(env, root, extra=None):
     """The step's environment: the bootstrap's own MFBATCH_* removed, so that
     a nested mfbatch run (or the step) never takes them for its own."""
     out = {k: v for k, v in env.items() if not k.startswith("MFBATCH_") or k in STEP_VARS}
+    out.update(extra or {})
     out["PYTHONUNBUFFERED"] = "1"
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return out
@@ -322,7 +381,7 @@ def run():
     for s in (signal.SIGTERM, signal.SIGINT):  # also: PID 1 ignores unhandled ones
         signal.signal(s, _on_signal)
     try:
-        root, script, args = prepare(os.environ)
+        root, script, args, extra = prepare(os.environ)
         _held.append(0)
     except Fail as e:
         log(e)
@@ -333,7 +392,7 @@ def run():
     heartbeat(os.environ)
     try:
         _child.append(subprocess.Popen([sys.executable, "-u", script] + args, cwd=root,
-                                       env=step_env(os.environ, root)))
+                                       env=step_env(os.environ, root, extra)))
         for s in _held[1:]:
             _child[0].send_signal(s)
         rc = _child[0].wait()

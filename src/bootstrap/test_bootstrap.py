@@ -630,6 +630,59 @@ class StepEnvironmentTest(Base):
                          "https://b.s3.eu-west-1.amazonaws.com/k")
 
 
+class ArrayAndNodeTest(Base):
+    STEP = ("import os, sys\n"
+            "print(sys.argv[1:])\n"
+            "print(sorted((k, v) for k, v in os.environ.items()\n"
+            "             if k.startswith(('MFBATCH_ARRAY', 'MFBATCH_NODE', 'MFBATCH_NUM', 'MFBATCH_MAIN', 'MF_PAR'))))\n")
+
+    def child(self, args_text=None, **extra):
+        env = self.env(make_package({"step.py": self.STEP}), args=["--fixed"], **extra)
+        if args_text is not None:
+            data = args_text.encode()
+            FakeS3.objects["/bucket/args.txt"] = data
+            env.update(MFBATCH_ARRAY_ARGS_URL="s3://bucket/args.txt",
+                       MFBATCH_ARRAY_ARGS_SHA256=sha(data))
+        return self.run_bootstrap(env)
+
+    def test_index_from_batch_and_line_from_the_args_file(self):
+        p = self.child("a 1\n'b c' 2\nlast\n", MFBATCH_ARRAY_SIZE="3",
+                       AWS_BATCH_JOB_ARRAY_INDEX="1", AWS_BATCH_JOB_ID="abc:1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.splitlines(), [
+            "['--fixed', 'b c', '2']",
+            "[('MFBATCH_ARRAY_INDEX', '1'), ('MFBATCH_ARRAY_SIZE', '3')]"])
+
+    def test_index_from_the_job_id_suffix_as_moto_gives_no_index(self):
+        p = self.child(None, MFBATCH_ARRAY_SIZE="5", AWS_BATCH_JOB_ID="f00-ba4:4")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("('MFBATCH_ARRAY_INDEX', '4')", p.stdout)
+
+    def test_an_array_of_one_is_index_zero(self):
+        p = self.child("only\n", MFBATCH_ARRAY_SIZE="1", AWS_BATCH_JOB_ID="f00")
+        self.assertEqual(p.stdout.splitlines()[0], "['--fixed', 'only']", p.stderr)
+
+    def test_bad_index_or_args(self):
+        self.assertFailure(self.child(None, MFBATCH_ARRAY_SIZE="2", AWS_BATCH_JOB_ARRAY_INDEX="2"),
+                           123, "array index")
+        self.assertFailure(self.child("one\n", MFBATCH_ARRAY_SIZE="2",
+                                      AWS_BATCH_JOB_ARRAY_INDEX="1"), 123, "no line 1")
+        env = self.env(make_package({"step.py": self.STEP}), MFBATCH_ARRAY_SIZE="2",
+                       AWS_BATCH_JOB_ARRAY_INDEX="0", MFBATCH_ARRAY_ARGS_URL="s3://bucket/x",
+                       MFBATCH_ARRAY_ARGS_SHA256=sha(b"other"))
+        FakeS3.objects["/bucket/x"] = b"x\n"
+        self.assertFailure(self.run_bootstrap(env), 122, "array args")
+
+    def test_node_variables(self):
+        p = self.child(None, AWS_BATCH_JOB_NODE_INDEX="2", AWS_BATCH_JOB_NUM_NODES="4",
+                       AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS="10.0.0.5")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        env = dict(eval(p.stdout.splitlines()[1]))
+        self.assertEqual((env["MFBATCH_NODE_INDEX"], env["MFBATCH_NUM_NODES"],
+                          env["MFBATCH_MAIN_NODE_ADDRESS"], env["MF_PARALLEL_MAIN_IP"]),
+                         ("2", "4", "10.0.0.5", "10.0.0.5"))
+
+
 class socket_port:
     """A localhost port with nothing listening on it."""
     def __enter__(self):

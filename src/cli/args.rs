@@ -55,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MetadataCommand,
     },
+    /// List the queue's jobs (or an array's children), newest first.
+    List(super::list_cmd::ListArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +160,8 @@ pub struct RunArgs {
     /// Record nothing in Metaflow's metadata [env: METAFLOW_DEFAULT_METADATA=none].
     #[arg(long)]
     pub no_metadata: bool,
+    #[command(flatten)]
+    pub batch: super::batch_args::BatchArgs,
 
     /// Arguments for the script, after `--`.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]

@@ -63,7 +63,7 @@ pub fn print(settings: &Settings, output: Output) {
             println!("{}", serde_json::Value::Object(map));
         }
         Output::Text => {
-            let width = Key::ALL.iter().map(|k| k.name().len()).max().unwrap_or(0);
+            let width = Key::every().map(|k| k.name().len()).max().unwrap_or(0);
             for (key, resolved) in settings.entries() {
                 match resolved {
                     Some(r) => println!(

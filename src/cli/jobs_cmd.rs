@@ -112,11 +112,20 @@ pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
                     "status_reason": snapshot.status_reason,
                     "exit_code": outcome.as_ref().and_then(|o| o.exit_code),
                     "summary": outcome.as_ref().and_then(|o| o.summary.clone()),
+                    "array": snapshot.array.as_ref().map(|a| serde_json::json!({
+                        "size": a.size, "index": a.index, "counts": a.counts,
+                    })),
                 })
             ),
             Output::Text => {
-                let detail = outcome
-                    .and_then(|o| o.summary)
+                // An array's parent: its children's counts say more than its own status.
+                let array = snapshot.array.as_ref().filter(|a| a.is_parent()).map(|a| {
+                    let counts: Vec<String> =
+                        a.counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                    format!("array of {}: {}", a.size.unwrap_or(0), counts.join(" · "))
+                });
+                let detail = array
+                    .or_else(|| outcome.and_then(|o| o.summary))
                     .or_else(|| snapshot.status_reason.clone())
                     .unwrap_or_default();
                 println!(

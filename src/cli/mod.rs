@@ -2,6 +2,7 @@
 //! error (once), and maps the result to an exit code from [`exit`].
 
 mod args;
+mod batch_args;
 mod config_cmd;
 mod configure_cmd;
 mod doctor_cmd;
@@ -9,6 +10,7 @@ mod exit;
 mod failure;
 mod follow;
 mod jobs_cmd;
+mod list_cmd;
 mod metadata_cmd;
 mod pathspec_cmd;
 mod prompt;
@@ -63,6 +65,7 @@ pub fn main() -> ExitCode {
             Command::Stack(args) => stack_cmd::run(args, global).await,
             Command::Configure(args) => configure_cmd::run(*args, global).await,
             Command::Doctor(args) => doctor_cmd::run(args, global).await,
+            Command::List(args) => list_cmd::list(args, global).await,
         }
     });
     let code = match result {

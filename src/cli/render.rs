@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use mfbatch::event::{Event, EventSink, JobStatus, Warning};
+use mfbatch::track::array::{describe_groups, group_failures};
 use tokio::sync::mpsc;
 
 use super::args::Output;
@@ -76,6 +77,8 @@ struct Writer {
     bar: Option<ProgressBar>,
     /// Each followed job's last status, for the spinner.
     statuses: BTreeMap<String, JobStatus>,
+    /// Children that failed since the last flush: shown as one grouped line.
+    failed_children: Vec<(usize, Option<i32>, Option<String>)>,
 }
 
 /// Job output is written once this much is pending, even while more keeps coming.
@@ -88,10 +91,20 @@ impl Writer {
             pending: Vec::with_capacity(FLUSH_BYTES),
             bar: None,
             statuses: BTreeMap::new(),
+            failed_children: Vec::new(),
         }
     }
 
     fn flush(&mut self) {
+        if !self.failed_children.is_empty() {
+            let groups = group_failures(std::mem::take(&mut self.failed_children));
+            let line = format!(
+                "{} {}",
+                self.options.style.error("failed children:"),
+                describe_groups(&groups)
+            );
+            self.status(line);
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -211,15 +224,51 @@ impl Writer {
                 self.update_spinner(job_name, *status);
             }
             // Said by the outcome (or, after Ctrl-C, by the command); JSON carries it.
-            Event::StepExited { .. } | Event::AttemptStarted { .. } => {}
+            Event::StepExited { .. } | Event::ArrayDone { .. } | Event::AttemptStarted { .. } => {}
             // `stack` commands render their own events (stack_cmd).
             Event::Stack(_) => {}
+            Event::ArrayProgress {
+                job_name,
+                size,
+                counts,
+                ..
+            } => self.array_progress(words::array_progress(job_name, *size, counts)),
+            Event::ChildFailed {
+                index,
+                exit_code,
+                reason,
+                ..
+            } => self
+                .failed_children
+                .push((*index, *exit_code, reason.clone())),
+            Event::ChildLogTail {
+                child_id,
+                index,
+                lines,
+                ..
+            } => {
+                // After the failure's own line, which is grouped and written on flush.
+                self.flush();
+                self.status(words::child_tail(child_id, *index, lines, &style));
+            }
             Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
             other => {
                 if let Some(line) = words::progress(other) {
                     self.status(line);
                 }
             }
+        }
+    }
+
+    /// An array's counts: the spinner's line on a terminal (rewritten in place), else a line
+    /// (the library sends them only when they change).
+    fn array_progress(&mut self, line: String) {
+        if self.options.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) if self.options.style.live => bar.set_message(line),
+            _ => self.status(line),
         }
     }
 

@@ -21,6 +21,7 @@ use super::metadata_cmd;
 use super::render::{RenderOptions, Renderer};
 use super::signals::Signals;
 use super::Global;
+use mfbatch::track::array::ArrayFollow;
 use mfbatch::track::FollowRequest;
 
 pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
@@ -37,6 +38,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     ]
     .into_iter()
     .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+    .chain(
+        args.batch
+            .setting_flags()
+            .into_iter()
+            .map(|(key, value)| (Key::Batch(key), value)),
+    )
     .collect();
     let settings = settings::resolve(&Sources::from_process(flags))?;
     config_cmd::warn_ignored_files(&settings, global);
@@ -61,8 +68,11 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         retry_any_failure: args.retry_any_failure,
         local: args.local,
         extra_suffixes: args.package_suffixes.clone(),
+        schedule: args.batch.schedule(),
     };
     let spec = build_spec(&settings, &options)?;
+    let array_size = spec.batch().and_then(|b| b.scheduling.array_size());
+    args.batch.check_following(array_size)?;
     let runnable_timeout = args
         .runnable_timeout
         .as_deref()
@@ -183,7 +193,14 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         return Ok(exit::SUCCESS);
     }
     let heartbeats = recorder.clone().map(|r| tokio::spawn(r.run_heartbeats()));
-    let request = FollowRequest::new(submitted.job_id.clone());
+    let request = FollowRequest {
+        array: array_size.map(|_| ArrayFollow {
+            show_failed: args.batch.show_failed,
+            follow_indexes: args.batch.follow_index.clone(),
+            ..ArrayFollow::default()
+        }),
+        ..FollowRequest::new(submitted.job_id.clone())
+    };
     let code = follow::follow(
         &clients,
         follow::tracker_config(
@@ -193,7 +210,8 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             runnable_timeout,
         )?,
         vec![request],
-        follow::renderer(&global, false, false),
+        // Streamed children's lines carry their index.
+        follow::renderer(&global, !args.batch.follow_index.is_empty(), false),
         recorder.as_ref().map(|r| r.sink(mfbatch::event::discard())),
         Interrupts {
             on_interrupt: OnInterrupt::StopJobs,

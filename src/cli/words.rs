@@ -121,6 +121,29 @@ pub fn progress(event: &Event) -> Option<String> {
     })
 }
 
+/// An array's counts: `name (id) [10000]: SUCCEEDED 8123 · RUNNING 412 · FAILED 65`.
+pub fn array_progress(
+    job_name: &str,
+    size: usize,
+    counts: &std::collections::BTreeMap<mfbatch::event::JobStatus, usize>,
+) -> String {
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    format!("{job_name} [{size}]: {}", counts.join(" · "))
+}
+
+/// A failed child's last lines, under a header.
+pub fn child_tail(child_id: &str, index: usize, lines: &[String], style: &Style) -> String {
+    let mut text = style.dim(&format!("last lines of child {index} ({child_id}):"));
+    if lines.is_empty() {
+        text.push_str(" (none)");
+    }
+    for line in lines {
+        text.push_str("\n  | ");
+        text.push_str(line);
+    }
+    text
+}
+
 /// How the job ended; when the step's end records decided it, that Batch's status follows.
 pub fn exited(outcome: &Outcome, style: &Style) -> String {
     let batch_later = (outcome.decided_by == DecidedBy::EndRecord)

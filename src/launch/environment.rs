@@ -20,9 +20,20 @@ pub fn invocation(prepared: &Prepared, package_url: &str) -> Invocation {
     }
 }
 
+/// A `--array-args` file as stored for the bootstrap.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredArrayArgs {
+    pub url: String,
+    pub sha256: String,
+}
+
 /// What a Batch job adds: Metaflow's datastore settings and the region, so the step finds the
-/// same S3 as the launcher did.
-pub fn batch_additions(target: &BatchTarget, region: &str) -> Vec<(String, String)> {
+/// same S3 as the launcher did; an array's size and `--array-args` file, for the bootstrap.
+pub fn batch_additions(
+    target: &BatchTarget,
+    region: &str,
+    array_args: Option<&StoredArrayArgs>,
+) -> Vec<(String, String)> {
     let mut env = vec![
         (
             "METAFLOW_DATASTORE_SYSROOT_S3".to_owned(),
@@ -36,6 +47,13 @@ pub fn batch_additions(target: &BatchTarget, region: &str) -> Vec<(String, Strin
     ];
     if let Some(endpoint) = &target.s3_endpoint_url {
         env.push(("METAFLOW_S3_ENDPOINT_URL".to_owned(), endpoint.clone()));
+    }
+    if let Some(array) = &target.scheduling.array {
+        env.push(("MFBATCH_ARRAY_SIZE".to_owned(), array.size.to_string()));
+    }
+    if let Some(args) = array_args {
+        env.push(("MFBATCH_ARRAY_ARGS_URL".to_owned(), args.url.clone()));
+        env.push(("MFBATCH_ARRAY_ARGS_SHA256".to_owned(), args.sha256.clone()));
     }
     env
 }

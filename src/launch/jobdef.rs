@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+use super::container::{self, ContainerExtras};
 use crate::bootstrap;
 use crate::error::{AwsError, Service};
 use crate::launch::package::sha256_hex;
@@ -20,16 +21,72 @@ pub enum Platform {
     Fargate,
 }
 
-/// The body of RegisterJobDefinition, exactly as sent.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The body of RegisterJobDefinition, exactly as sent (see its `Serialize`: a multi-node
+/// definition carries the container in its one node range instead).
+#[derive(Debug, Clone)]
 pub struct JobDefinition {
     pub job_definition_name: String,
-    #[serde(rename = "type")]
+    /// `container`, or `multinode` for `--nodes`.
     pub kind: &'static str,
     pub container_properties: ContainerProperties,
     pub platform_capabilities: Vec<Platform>,
     pub propagate_tags: bool,
+}
+
+/// A multi-node definition has one node range, `0:`, open-ended, so that SubmitJob's
+/// `nodeOverrides.numNodes` sets the node count: one definition serves every `--nodes N`
+/// (Metaflow hashes N into the name).
+pub const NODE_RANGE: &str = "0:";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    job_definition_name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_properties: Option<&'a ContainerProperties>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_properties: Option<NodeProperties<'a>>,
+    platform_capabilities: &'a [Platform],
+    propagate_tags: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeProperties<'a> {
+    num_nodes: u32,
+    main_node: u32,
+    node_range_properties: [NodeRange<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeRange<'a> {
+    target_nodes: &'static str,
+    container: &'a ContainerProperties,
+}
+
+impl Serialize for JobDefinition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let multinode = self.is_multinode();
+        Wire {
+            job_definition_name: &self.job_definition_name,
+            kind: self.kind,
+            container_properties: (!multinode).then_some(&self.container_properties),
+            node_properties: multinode.then_some(NodeProperties {
+                num_nodes: 1,
+                main_node: 0,
+                node_range_properties: [NodeRange {
+                    target_nodes: NODE_RANGE,
+                    container: &self.container_properties,
+                }],
+            }),
+            platform_capabilities: &self.platform_capabilities,
+            propagate_tags: self.propagate_tags,
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +101,9 @@ pub struct ContainerProperties {
     pub resource_requirements: Vec<Requirement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network_configuration: Option<NetworkConfiguration>,
+    /// Linux parameters, volumes, secrets, ulimits, logging, storage (each only when set).
+    #[serde(flatten)]
+    pub extras: ContainerExtras,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,9 +132,10 @@ impl JobDefinition {
     /// Builds the definition for a target; the name is derived from everything else.
     pub fn build(target: &BatchTarget, platform: Platform) -> Self {
         let fargate = platform == Platform::Fargate;
+        let multinode = target.scheduling.nodes.is_some();
         let mut def = JobDefinition {
             job_definition_name: String::new(),
-            kind: "container",
+            kind: if multinode { "multinode" } else { "container" },
             container_properties: ContainerProperties {
                 image: target.image.to_string(),
                 job_role_arn: target.job_role_arn.clone(),
@@ -98,12 +159,17 @@ impl JobDefinition {
                 network_configuration: fargate.then_some(NetworkConfiguration {
                     assign_public_ip: "ENABLED",
                 }),
+                extras: ContainerExtras::build(&target.container),
             },
             platform_capabilities: vec![platform],
             propagate_tags: true,
         };
         def.job_definition_name = format!("mfbatch-{}", &def.content_hash()[..NAME_HASH_LEN]);
         def
+    }
+
+    pub fn is_multinode(&self) -> bool {
+        self.kind == "multinode"
     }
 
     /// SHA-256 of the canonical JSON (sorted keys, no whitespace) of everything but the name.
@@ -183,10 +249,35 @@ pub async fn find(
 /// Whether a registered revision is `def`: everything `def` sets has the same value (that is,
 /// everything its name's hash covers), and nothing `def` leaves unset is set.
 pub fn same_content(found: &aws_sdk_batch::types::JobDefinition, def: &JobDefinition) -> bool {
-    let Some(p) = found.container_properties() else {
+    let container = if def.is_multinode() {
+        our_node_range(found).filter(|_| found.container_properties().is_none())
+    } else {
+        found
+            .container_properties()
+            .filter(|_| found.node_properties().is_none())
+    };
+    let Some(p) = container else {
         return false;
     };
     same_fields(found, p, def) && nothing_else(found, p)
+}
+
+/// The container of a multi-node revision shaped as mfbatch registers them (one node, main node
+/// 0, one range `0:`), else `None`.
+fn our_node_range(
+    found: &aws_sdk_batch::types::JobDefinition,
+) -> Option<&aws_sdk_batch::types::ContainerProperties> {
+    let nodes = found.node_properties()?;
+    let [range] = nodes.node_range_properties() else {
+        return None;
+    };
+    let shaped = nodes.num_nodes() == Some(1)
+        && nodes.main_node() == Some(0)
+        && range.target_nodes() == Some(NODE_RANGE)
+        && range.instance_types().is_empty()
+        && range.ecs_properties().is_none()
+        && range.eks_properties().is_none();
+    shaped.then(|| range.container()).flatten()
 }
 
 /// Name/value pairs in a canonical order (Batch may return them in any).
@@ -261,10 +352,12 @@ fn same_fields(
         && environment == our_environment
         && resources == our_resources
         && network_ok
+        && container::from_sdk(p) == ours.extras
 }
 
-/// What mfbatch never sets is not set either: host volumes, privileges, another user, secrets,
-/// a log driver, default retries or timeouts would all change what the job does.
+/// What mfbatch never sets is not set either: a read-only root, another architecture, registry
+/// credentials, default retries or timeouts would all change what the job does. (Volumes,
+/// privileges, users, secrets and logging are compared exactly in [`same_fields`].)
 fn nothing_else(
     found: &aws_sdk_batch::types::JobDefinition,
     p: &aws_sdk_batch::types::ContainerProperties,
@@ -276,26 +369,16 @@ fn nothing_else(
         r.operating_system_family().is_none_or(|o| o == "LINUX")
             && r.cpu_architecture().is_none_or(|a| a == "X86_64")
     });
-    let container_defaults = p.volumes().is_empty()
-        && p.mount_points().is_empty()
-        && p.ulimits().is_empty()
-        && p.secrets().is_empty()
-        && p.privileged() != Some(true)
-        && p.readonly_root_filesystem() != Some(true)
+    let container_defaults = p.readonly_root_filesystem() != Some(true)
         && p.enable_execute_command() != Some(true)
-        && p.user().is_none()
         && p.instance_type().is_none()
-        && p.linux_parameters().is_none()
-        && p.log_configuration().is_none()
         && p.repository_credentials().is_none()
-        && p.ephemeral_storage().is_none()
         && default_platform
         && default_runtime;
     container_defaults
         && found.retry_strategy().is_none()
         && found.timeout().is_none()
         && found.parameters().is_none_or(|m| m.is_empty())
-        && found.node_properties().is_none()
         && found.ecs_properties().is_none()
         && found.eks_properties().is_none()
         && found.scheduling_priority().is_none()
@@ -311,11 +394,60 @@ pub async fn register(
     client: &aws_sdk_batch::Client,
     def: &JobDefinition,
 ) -> Result<Registered, AwsError> {
-    use aws_sdk_batch::types::{
-        AssignPublicIp, ContainerProperties as Props, JobDefinitionType, KeyValuePair,
-        NetworkConfiguration as Net, PlatformCapability, ResourceRequirement, ResourceType,
+    use aws_sdk_batch::types::{JobDefinitionType, PlatformCapability};
+    let props = sdk_container(&def.container_properties);
+    let platforms = def.platform_capabilities.iter().map(|p| match p {
+        Platform::Ec2 => PlatformCapability::Ec2,
+        Platform::Fargate => PlatformCapability::Fargate,
+    });
+    let request = client
+        .register_job_definition()
+        .job_definition_name(&def.job_definition_name)
+        .set_platform_capabilities(Some(platforms.collect()))
+        .propagate_tags(def.propagate_tags);
+    let request = if def.is_multinode() {
+        use aws_sdk_batch::types::{NodeProperties, NodeRangeProperty};
+        let range = NodeRangeProperty::builder()
+            .target_nodes(NODE_RANGE)
+            .container(props)
+            .build();
+        let nodes = NodeProperties::builder()
+            .num_nodes(1)
+            .main_node(0)
+            .node_range_properties(range)
+            .build();
+        request
+            .r#type(JobDefinitionType::Multinode)
+            .node_properties(nodes)
+    } else {
+        request
+            .r#type(JobDefinitionType::Container)
+            .container_properties(props)
     };
-    let p = &def.container_properties;
+    let out = request
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(Service::Batch, "RegisterJobDefinition", e))?;
+    let arn = out.job_definition_arn().ok_or_else(|| {
+        AwsError::incomplete(Service::Batch, "RegisterJobDefinition", "jobDefinitionArn")
+    })?;
+    Ok(Registered {
+        name: out
+            .job_definition_name()
+            .unwrap_or(&def.job_definition_name)
+            .to_owned(),
+        arn: arn.to_owned(),
+        revision: out.revision().unwrap_or(0),
+        newly_registered: true,
+    })
+}
+
+/// The SDK's form of our container properties.
+fn sdk_container(p: &ContainerProperties) -> aws_sdk_batch::types::ContainerProperties {
+    use aws_sdk_batch::types::{
+        AssignPublicIp, ContainerProperties as Props, KeyValuePair, NetworkConfiguration as Net,
+        ResourceRequirement, ResourceType,
+    };
     let mut props = Props::builder()
         .image(&p.image)
         .job_role_arn(&p.job_role_arn)
@@ -344,30 +476,5 @@ pub async fn register(
                 .build(),
         );
     }
-    let platforms = def.platform_capabilities.iter().map(|p| match p {
-        Platform::Ec2 => PlatformCapability::Ec2,
-        Platform::Fargate => PlatformCapability::Fargate,
-    });
-    let out = client
-        .register_job_definition()
-        .job_definition_name(&def.job_definition_name)
-        .r#type(JobDefinitionType::Container)
-        .container_properties(props.build())
-        .set_platform_capabilities(Some(platforms.collect()))
-        .propagate_tags(def.propagate_tags)
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk(Service::Batch, "RegisterJobDefinition", e))?;
-    let arn = out.job_definition_arn().ok_or_else(|| {
-        AwsError::incomplete(Service::Batch, "RegisterJobDefinition", "jobDefinitionArn")
-    })?;
-    Ok(Registered {
-        name: out
-            .job_definition_name()
-            .unwrap_or(&def.job_definition_name)
-            .to_owned(),
-        arn: arn.to_owned(),
-        revision: out.revision().unwrap_or(0),
-        newly_registered: true,
-    })
+    container::apply(&p.extras, props).build()
 }

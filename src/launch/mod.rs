@@ -5,12 +5,14 @@
 //! [`plan`] only reads from AWS (`--dry-run` stops there), [`stage`] uploads and registers what is
 //! missing (safe to abandon), and [`submit`] creates the job. [`execute`] is `stage` + `submit`.
 
+pub mod container;
 pub mod environment;
 pub mod image;
 pub mod jobdef;
 pub mod package;
 mod plan;
 pub mod queue;
+pub mod scheduling;
 pub mod store;
 pub mod submit;
 
@@ -230,6 +232,23 @@ pub async fn stage(
         });
         Ok::<_, LaunchError>(())
     };
+    let upload_array_args = async {
+        let (Some(stored), Some(args)) = (
+            &plan.array_args,
+            target
+                .scheduling
+                .array
+                .as_ref()
+                .and_then(|a| a.args.as_ref()),
+        ) else {
+            return Ok(());
+        };
+        S3Store::new(clients.s3.clone(), target.datastore_root.clone())
+            .with_server_side_encryption(target.s3_server_side_encryption.as_deref())
+            .put_array_args(&stored.sha256, args.bytes.clone())
+            .await?;
+        Ok::<_, LaunchError>(())
+    };
     let register = async {
         match &plan.existing_definition {
             Some(existing) => Ok(existing.clone()),
@@ -238,8 +257,9 @@ pub async fn stage(
             }
         }
     };
-    let (uploaded, registered) = tokio::join!(upload, register);
+    let (uploaded, registered, args_uploaded) = tokio::join!(upload, register, upload_array_args);
     uploaded?;
+    args_uploaded?;
     let registered = registered?;
     events(Event::JobDefinition {
         name: registered.name.clone(),

@@ -4,9 +4,11 @@
 
 use serde::Serialize;
 
-use super::environment;
+use super::environment::{self, StoredArrayArgs};
 use super::jobdef::{self, JobDefinition, NameValue, Platform, Registered};
+use super::package::sha256_hex;
 use super::queue::{self, QueueInfo};
+use super::scheduling::SubmitScheduling;
 use super::store::{PackageStore, Presence, S3Store};
 use super::submit::{
     resource_requirements, ContainerOverrides, RetryStrategy, SubmitRequest, Timeout,
@@ -34,6 +36,9 @@ pub struct Plan {
     /// An ACTIVE definition with the same content: nothing to register.
     pub existing_definition: Option<Registered>,
     pub submit_job: SubmitRequest,
+    /// Where the `--array-args` file goes (uploaded by `stage` like the package).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub array_args: Option<StoredArrayArgs>,
     /// What the plan found worth telling the user ([`plan`] has no event sink: the caller shows
     /// these).
     #[serde(skip)]
@@ -53,6 +58,7 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
                 region: clients.region().to_owned(),
             })?;
         let platform = check_fits(&queue, target, &prepared.spec)?;
+        check_scheduling(&queue, target, platform)?;
         let definition = JobDefinition::build(target, platform);
         let size = definition.json_len();
         if size > MAX_DEFINITION_BYTES {
@@ -69,7 +75,7 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
     let (lookup, presence) = tokio::join!(definition_lookup, store.presence(sha));
     let (queue, definition, existing) = lookup?;
     let presence = presence?;
-    let mut warnings = Vec::new();
+    let mut warnings = scheduling_warnings(&queue, target);
     if presence == Presence::Unknown {
         warnings.push(Warning::Notice {
             message: format!(
@@ -79,6 +85,18 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         });
     }
     let package_url = store.url(sha);
+    let array_args = target
+        .scheduling
+        .array
+        .as_ref()
+        .and_then(|a| a.args.as_ref())
+        .map(|args| {
+            let sha256 = sha256_hex(&args.bytes);
+            StoredArrayArgs {
+                url: store.array_args_url(&sha256),
+                sha256,
+            }
+        });
     let definition_ref = existing
         .as_ref()
         .map(|e| e.arn.clone())
@@ -89,8 +107,12 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         &package_url,
         clients.region(),
         definition_ref,
+        array_args.as_ref(),
     );
     pass_s3_endpoint(&mut submit_job, clients);
+    submit_job
+        .scheduling
+        .take_overrides(&mut submit_job.container_overrides);
     submit_job.check_limits()?;
     Ok(Plan {
         queue,
@@ -101,6 +123,7 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
         job_definition: definition,
         existing_definition: existing,
         submit_job,
+        array_args,
         warnings,
     })
 }
@@ -160,6 +183,71 @@ fn check_fits(
     Ok(platform)
 }
 
+/// The container options against the queue's platform, and the SubmitJob options against the
+/// queue: multi-node jobs on EC2 only; `--share` exactly when the queue has a scheduling policy.
+fn check_scheduling(
+    queue: &QueueInfo,
+    target: &BatchTarget,
+    platform: Platform,
+) -> Result<(), LaunchError> {
+    let unfit = |flag: &'static str, value: String, why: String| -> LaunchError {
+        ConfigError::InvalidFlag {
+            flag,
+            value,
+            reason: format!("queue {} {why}", target.queue),
+        }
+        .into()
+    };
+    if let Some((flag, value, why)) = target.container.check_platform(platform) {
+        return Err(unfit(flag, value, why));
+    }
+    let scheduling = &target.scheduling;
+    if let (Some(nodes), Platform::Fargate) = (scheduling.nodes, platform) {
+        return Err(unfit(
+            "--nodes",
+            nodes.to_string(),
+            "runs on Fargate; multi-node jobs run on EC2 compute environments only".into(),
+        ));
+    }
+    match (&queue.scheduling_policy_arn, &scheduling.share) {
+        (Some(policy), None) => Err(unfit(
+            "--share",
+            String::new(),
+            format!("has a fair-share scheduling policy ({policy}), so every job needs --share ID (or MFBATCH_SHARE)"),
+        )),
+        (None, Some(share)) => Err(unfit(
+            "--share",
+            share.clone(),
+            "has no scheduling policy, and Batch refuses a share identifier there (leave out --share)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What may not work as the user thinks, without being an error.
+fn scheduling_warnings(queue: &QueueInfo, target: &BatchTarget) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    let notice = |message: String| Warning::Notice { message };
+    if target.scheduling.nodes.is_some()
+        && queue
+            .compute_environments
+            .iter()
+            .any(|ce| ce.resource_type == "SPOT" || ce.resource_type.is_empty())
+    {
+        warnings.push(notice(format!(
+            "warning: queue {} has Spot or unmanaged compute environments, which do not run multi-node jobs; the job may stay RUNNABLE",
+            target.queue
+        )));
+    }
+    if target.scheduling.priority.is_some() && queue.scheduling_policy_arn.is_none() {
+        warnings.push(notice(format!(
+            "warning: --priority only orders jobs in fair-share queues; queue {} has no scheduling policy",
+            target.queue
+        )));
+    }
+    warnings
+}
+
 /// Gives the job the S3 endpoint the upload used when it came from `AWS_ENDPOINT_URL(_S3)`
 /// rather than `METAFLOW_S3_ENDPOINT_URL`: the container does not see this machine's environment,
 /// and without it the bootstrap looks for the package on AWS's S3 (and exits 121).
@@ -183,10 +271,11 @@ fn submit_request(
     package_url: &str,
     region: &str,
     job_definition: String,
+    array_args: Option<&StoredArrayArgs>,
 ) -> SubmitRequest {
     let spec = &prepared.spec;
     let invocation = environment::invocation(prepared, package_url);
-    let additions = environment::batch_additions(target, region);
+    let additions = environment::batch_additions(target, region, array_args);
     let environment = environment::job_environment(spec, &invocation, additions)
         .into_iter()
         .map(|(name, value)| NameValue { name, value })
@@ -198,7 +287,9 @@ fn submit_request(
         container_overrides: ContainerOverrides {
             environment,
             resource_requirements: resource_requirements(&spec.resources),
+            moved_to_nodes: false,
         },
+        scheduling: SubmitScheduling::build(&target.scheduling),
         tags: target
             .tags
             .iter()

@@ -14,6 +14,9 @@ pub struct QueueInfo {
     /// `ENABLED` or `DISABLED`.
     pub state: String,
     pub compute_environments: Vec<ComputeEnvironment>,
+    /// A fair-share queue's scheduling policy: every job then needs a share identifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduling_policy_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,5 +102,6 @@ pub async fn describe(
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default(),
         compute_environments,
+        scheduling_policy_arn: detail.scheduling_policy_arn().map(str::to_owned),
     }))
 }

@@ -83,6 +83,35 @@ impl S3Store {
         self.root.key(&format!("mfbatch/packages/{sha256}.tgz"))
     }
 
+    /// Where a `--array-args` file with this hash lives, beside the packages.
+    pub fn array_args_url(&self, sha256: &str) -> String {
+        format!("s3://{}/{}", self.root.bucket, self.array_args_key(sha256))
+    }
+
+    fn array_args_key(&self, sha256: &str) -> String {
+        self.root.key(&format!("mfbatch/array-args/{sha256}.txt"))
+    }
+
+    /// Stores a `--array-args` file under its hash (conditional: "already there" is success).
+    pub async fn put_array_args(&self, sha256: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.root.bucket)
+            .key(self.array_args_key(sha256))
+            .content_type("text/plain; charset=utf-8")
+            .set_server_side_encryption(self.server_side_encryption.clone())
+            .if_none_match("*")
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(()),
+            Err(e) => Err(AwsError::from_sdk(Service::S3, "PutObject", e).into()),
+        }
+    }
+
     /// Whether the package is stored; [`Presence::Unknown`] when S3 answers 403, which it does
     /// for a missing object when the caller may not list the bucket.
     pub async fn presence(&self, sha256: &str) -> Result<Presence, StoreError> {

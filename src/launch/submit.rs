@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::{AwsError, AwsErrorKind, ConfigError, Service};
 use crate::launch::jobdef::{NameValue, Requirement};
+use crate::launch::scheduling::SubmitScheduling;
 use crate::retry::{DEFINITION_VISIBLE_TRIES, SUBMIT_LOOKUP_WAITS, SUBMIT_TRIES};
 use crate::spec::{Resources, MAX_TAGS};
 
@@ -63,7 +64,12 @@ pub struct SubmitRequest {
     pub job_name: String,
     pub job_queue: String,
     pub job_definition: String,
+    /// Sent as `containerOverrides`, or inside `nodeOverrides` for a multi-node job.
+    #[serde(skip_serializing_if = "ContainerOverrides::moved_to_nodes")]
     pub container_overrides: ContainerOverrides,
+    /// Array, dependencies, priority, share, nodes.
+    #[serde(flatten)]
+    pub scheduling: SubmitScheduling,
     pub tags: BTreeMap<String, String>,
     pub propagate_tags: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +126,15 @@ impl RetryStrategy {
 pub struct ContainerOverrides {
     pub environment: Vec<NameValue>,
     pub resource_requirements: Vec<Requirement>,
+    /// Sent in `nodeOverrides` instead (a multi-node job).
+    #[serde(skip)]
+    pub moved_to_nodes: bool,
+}
+
+impl ContainerOverrides {
+    fn moved_to_nodes(&self) -> bool {
+        self.moved_to_nodes
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,12 +279,14 @@ impl SubmitRequest {
                     .build(),
             );
         }
-        let out = client
+        let request = client
             .submit_job()
             .job_name(&self.job_name)
             .job_queue(&self.job_queue)
-            .job_definition(&self.job_definition)
-            .container_overrides(overrides.build())
+            .job_definition(&self.job_definition);
+        let out = self
+            .scheduling
+            .apply(request, overrides.build())
             .set_tags(Some(self.tags.clone().into_iter().collect()))
             .propagate_tags(self.propagate_tags)
             .set_retry_strategy(self.retry_strategy.as_ref().map(|r| {

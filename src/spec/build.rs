@@ -8,8 +8,8 @@ use crate::launch::image::{resolve_image, PythonVersion};
 use crate::s3url::S3Url;
 use crate::settings::{Key, Resolved, Settings};
 use crate::spec::{
-    invalid, parse_env_pair, parse_gpu, BatchTarget, JobName, JobSpec, LocalTarget, MemoryMib,
-    Resources, Tags, Target, Vcpu,
+    invalid, parse_env_pair, parse_gpu, BatchTarget, ContainerOptions, JobName, JobSpec,
+    LocalTarget, MemoryMib, Resources, ScheduleOptions, Scheduling, Tags, Target, Vcpu,
 };
 
 /// The options of `mfbatch run` that are not settings, as the user typed them.
@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub local: bool,
     /// `--package-suffixes`: more suffixes to package, added to the configured ones.
     pub extra_suffixes: Option<String>,
+    /// `--array`, `--nodes`, `--depends-on` and their options (AWS Batch only).
+    pub schedule: ScheduleOptions,
 }
 
 /// Batch's smallest attempt timeout.
@@ -88,6 +90,7 @@ pub fn build_spec(settings: &Settings, options: &RunOptions) -> Result<JobSpec, 
     }
 
     let target = if options.local {
+        refuse_batch_only(settings, &options.schedule)?;
         let dir = settings.require(Key::DatastoreSysrootLocal)?;
         Target::Local(LocalTarget {
             datastore_dir: PathBuf::from(&dir.value),
@@ -144,13 +147,24 @@ fn batch_target(
         settings.get(Key::BatchContainerRegistry),
         || python.map(Ok).unwrap_or_else(PythonVersion::detect_local),
     )?;
+    let container = ContainerOptions::from_settings(settings)?;
+    let execution_role_arn = settings
+        .get(Key::EcsFargateExecutionRole)
+        .map(str::to_owned);
+    if let (Some(secret), None) = (container.secrets.first(), &execution_role_arn) {
+        // Batch fetches secrets with the execution role, on EC2 too; without one the job
+        // fails at start, after the upload.
+        return Err(invalid(
+            "--secret",
+            &secret.name,
+            "secrets are read with an execution role: pass --execution-role (METAFLOW_ECS_FARGATE_EXECUTION_ROLE) with secretsmanager:GetSecretValue / ssm:GetParameters, on EC2 queues too",
+        ));
+    }
     Ok(BatchTarget {
         image,
         queue,
         job_role_arn: job_role_arn.value.clone(),
-        execution_role_arn: settings
-            .get(Key::EcsFargateExecutionRole)
-            .map(str::to_owned),
+        execution_role_arn,
         datastore_root,
         datatools_root: settings
             .get(Key::DatatoolsS3Root)
@@ -165,7 +179,38 @@ fn batch_target(
         tags: tags(settings, options, user, script)?,
         timeout_seconds: timeout_seconds(options)?,
         retries: retries(options)?,
+        container,
+        scheduling: Scheduling::build(settings, &options.schedule)?,
     })
+}
+
+/// `--local` runs one process on this machine: a flag for AWS Batch alone is a mistake (the same
+/// settings from a config file are simply not used).
+fn refuse_batch_only(settings: &Settings, schedule: &ScheduleOptions) -> Result<(), ConfigError> {
+    let from_flag = crate::settings::BatchKey::ALL.into_iter().find(|key| {
+        settings
+            .resolved(Key::Batch(*key))
+            .is_some_and(|r| matches!(r.origin, crate::settings::Origin::Flag(_)))
+    });
+    let flag = from_flag.map(|k| k.flag()).or(if schedule.array.is_some() {
+        Some("--array")
+    } else if schedule.nodes.is_some() {
+        Some("--nodes")
+    } else if !schedule.depends_on.is_empty() {
+        Some("--depends-on")
+    } else if schedule.array_args.is_some() || schedule.array_sequential {
+        Some("--array-args")
+    } else {
+        None
+    });
+    match flag {
+        Some(flag) => Err(invalid(
+            flag,
+            "--local",
+            "is for AWS Batch jobs, not --local",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn s3_endpoint_url(settings: &Settings) -> Result<Option<String>, ConfigError> {

@@ -3,8 +3,12 @@
 //! Every value is parsed and checked here, before any AWS call, so bad input never half-happens.
 
 pub mod build;
+pub mod container;
+pub mod schedule;
 
 pub use build::{build_spec, RunOptions};
+pub use container::ContainerOptions;
+pub use schedule::{ScheduleOptions, Scheduling};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -366,6 +370,10 @@ pub struct BatchTarget {
     /// Seconds before Batch stops an attempt (`attemptDurationSeconds`, at least 60).
     pub timeout_seconds: Option<u64>,
     pub retries: Retries,
+    /// What goes into the job definition beyond image, command and roles.
+    pub container: ContainerOptions,
+    /// What goes into SubmitJob only: array, nodes, dependencies, priority, share.
+    pub scheduling: Scheduling,
 }
 
 /// How often Batch may start a job again, and on which failures.

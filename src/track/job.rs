@@ -118,7 +118,7 @@ async fn follow_batched(
 }
 
 /// An AWS error in one line, with the service's own message.
-fn describe_error(err: &crate::error::AwsError) -> String {
+pub(super) fn describe_error(err: &crate::error::AwsError) -> String {
     match &err.message {
         Some(message) => format!("{err} ({message})"),
         None => err.to_string(),
@@ -138,6 +138,36 @@ fn ended_at(snapshot: &JobSnapshot) -> Instant {
     });
     now.checked_sub(std::time::Duration::from_millis(ago))
         .unwrap_or(now)
+}
+
+/// The snapshot in a poller update; `None` for a warning (sent on as an event); the end of
+/// following when the poller gave up on the job.
+pub(super) fn snapshot_from(
+    job_id: &str,
+    update: Option<Update>,
+    events: &EventSink,
+) -> Result<Option<JobSnapshot>, TrackError> {
+    let job_id = job_id.to_owned();
+    match update {
+        Some(Update::Snapshot(s)) => Ok(Some(*s)),
+        Some(Update::NotFound) => Err(TrackError::NotFound { job_id }),
+        Some(Update::Failed(source)) => Err(TrackError::Aws { job_id, source }),
+        Some(Update::GaveUp(source, waited)) => Err(TrackError::StatusUnavailable {
+            job_id,
+            waited,
+            source,
+        }),
+        Some(Update::Failing(source, waited)) => {
+            events(Event::Warning(Warning::StatusUnavailable {
+                job_id,
+                seconds: waited.as_secs(),
+                reason: describe_error(&source),
+            }));
+            Ok(None)
+        }
+        // The poller went away: the runtime is shutting down.
+        None => Err(TrackError::NotFound { job_id }),
+    }
 }
 
 /// What one job's task remembers between snapshots.
@@ -173,27 +203,7 @@ impl FollowedJob<'_> {
 
     /// The snapshot in a poller update; `None` for a warning (sent on as an event).
     fn snapshot_from(&self, update: Option<Update>) -> Result<Option<JobSnapshot>, TrackError> {
-        let job_id = self.job_id.clone();
-        match update {
-            Some(Update::Snapshot(s)) => Ok(Some(*s)),
-            Some(Update::NotFound) => Err(TrackError::NotFound { job_id }),
-            Some(Update::Failed(source)) => Err(TrackError::Aws { job_id, source }),
-            Some(Update::GaveUp(source, waited)) => Err(TrackError::StatusUnavailable {
-                job_id,
-                waited,
-                source,
-            }),
-            Some(Update::Failing(source, waited)) => {
-                (self.events)(Event::Warning(Warning::StatusUnavailable {
-                    job_id,
-                    seconds: waited.as_secs(),
-                    reason: describe_error(&source),
-                }));
-                Ok(None)
-            }
-            // The poller went away: the runtime is shutting down.
-            None => Err(TrackError::NotFound { job_id }),
-        }
+        snapshot_from(&self.job_id, update, self.events)
     }
 
     /// A log follower ended: the step's end (which may decide the outcome), a stream we may

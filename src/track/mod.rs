@@ -13,8 +13,10 @@
 //! # }
 //! ```
 
+pub mod array;
 mod budget;
 mod job;
+pub mod list;
 pub mod logs;
 mod outcome;
 mod poller;
@@ -206,6 +208,8 @@ pub struct FollowRequest {
     /// How long DescribeJobs may not know the id ([`TrackerConfig::not_found_grace`] when
     /// unset). Ids a user typed need no more than a moment: they are not just submitted.
     pub not_found_grace: Option<Duration>,
+    /// The job is an array's parent: follow it as one thing ([`array`]).
+    pub array: Option<array::ArrayFollow>,
 }
 
 impl FollowRequest {
@@ -217,6 +221,7 @@ impl FollowRequest {
             once: false,
             without_logs: false,
             not_found_grace: None,
+            array: None,
         }
     }
 }
@@ -320,6 +325,14 @@ impl Tracker {
                 .not_found_grace
                 .unwrap_or(self.inner.config.not_found_grace),
         });
+        if request.array.is_some() {
+            let task = tokio::spawn(array::run(self.clone(), request, updates_rx, sink));
+            return JobHandle {
+                job_id,
+                events: None,
+                task,
+            };
+        }
         let context = job::Context {
             batch: self.inner.batch.clone(),
             logs: self.inner.logs.clone(),

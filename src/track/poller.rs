@@ -142,10 +142,17 @@ impl Poller {
                 watch.status = Some(snapshot.status);
                 watch.status_since = now;
             }
+            // An array's parent waits in PENDING while its children run: poll it like a
+            // running job, so failed children are noticed within seconds, not half a minute.
+            let status = if snapshot.is_array_parent() && !snapshot.status.is_terminal() {
+                JobStatus::Running
+            } else {
+                snapshot.status
+            };
             let interval = if watch.hurried {
                 self.config.poll_min
             } else {
-                poll_interval(&self.config, snapshot.status, now - watch.status_since)
+                poll_interval(&self.config, status, now - watch.status_since)
             };
             watch.next_due = now + jitter(&mut self.rng, interval);
             let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));

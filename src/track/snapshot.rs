@@ -1,6 +1,8 @@
 //! What one DescribeJobs answer says about a job, reduced to what following it needs (how it
 //! ends is decided in `outcome`).
 
+use std::collections::BTreeMap;
+
 use aws_sdk_batch::types::JobDetail;
 
 use crate::bootstrap::end_record::NONCE_ENV;
@@ -51,6 +53,40 @@ pub struct JobSnapshot {
     pub stopped_at_ms: Option<i64>,
     /// The job's retry strategy, when it has one.
     pub retry: Option<RetryPolicy>,
+    /// An array parent's size and children's counts, or an array child's index.
+    pub array: Option<ArraySnapshot>,
+}
+
+/// `arrayProperties`: a parent has a size and a status summary, a child an index.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ArraySnapshot {
+    pub size: Option<usize>,
+    pub index: Option<usize>,
+    /// Children by status (it lags behind the children themselves).
+    pub counts: BTreeMap<JobStatus, usize>,
+}
+
+impl ArraySnapshot {
+    fn from_detail(detail: &JobDetail) -> Option<Self> {
+        let a = detail.array_properties()?;
+        let counts = a
+            .status_summary()
+            .into_iter()
+            .flatten()
+            .filter_map(|(status, n)| Some((JobStatus::parse(status)?, (*n).max(0) as usize)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Some(ArraySnapshot {
+            size: a.size().map(|s| s.max(0) as usize),
+            index: a.index().map(|i| i.max(0) as usize),
+            counts,
+        })
+    }
+
+    /// Whether this is an array's parent (it has children, not an index).
+    pub fn is_parent(&self) -> bool {
+        self.size.is_some() && self.index.is_none()
+    }
 }
 
 /// A job's `retryStrategy`: how many attempts, and which exits Batch retries.
@@ -148,7 +184,13 @@ impl JobSnapshot {
                     })
                     .collect(),
             }),
+            array: ArraySnapshot::from_detail(detail),
         })
+    }
+
+    /// Whether this is an array's parent, which never runs itself.
+    pub fn is_array_parent(&self) -> bool {
+        self.array.as_ref().is_some_and(ArraySnapshot::is_parent)
     }
 
     /// The attempt that is running now (or ran last), 1-based.

@@ -40,6 +40,8 @@ const PAGE_LIMIT: i32 = 10_000;
 /// may run ahead of ours, and a line read early is simply not read again (its id is kept). The
 /// cursor itself never passes the sweep's start, so nothing ingested later is skipped.
 const FUTURE_ALLOWANCE_MS: i64 = 5 * 60 * 1000;
+/// The most a query reads again for late-ingested lines.
+const MAX_OVERLAP: Duration = Duration::from_secs(120);
 /// A page failing this many times in a row ends the sweep (its cursors stay for the next).
 const MAX_PAGE_FAILURES: u32 = 8;
 /// Lagging is reported at most this often.
@@ -142,8 +144,9 @@ struct Swept {
     cursor_ms: i64,
     /// Caught up: read by the live query.
     live: bool,
-    /// Delivered event ids and their timestamps, within the overlap window.
-    seen: HashMap<String, i64>,
+    /// Delivered event ids (hashed: 10,000 busy streams keep hundreds of thousands of them)
+    /// and their timestamps, within the overlap window.
+    seen: HashMap<u64, i64>,
     records: EndRecords,
     last_data: Option<Instant>,
     /// When the last query that read this stream to its end started.
@@ -368,6 +371,7 @@ impl SweepState {
             return;
         };
         let now = Instant::now();
+        let mut max_lag_ms: i64 = 0;
         for e in page {
             let Some(s) = e.log_stream_name().and_then(|n| streams.get_mut(n)) else {
                 continue; // another process's stream under the same prefix
@@ -377,10 +381,16 @@ impl SweepState {
             if s.live != live || s.finished() || s.records.complete().is_some() {
                 continue;
             }
-            let id = e.event_id().unwrap_or_default();
             let timestamp = e.timestamp().unwrap_or_default();
-            if s.seen.insert(id.to_owned(), timestamp).is_some() {
+            if s.seen
+                .insert(id_hash(e.event_id().unwrap_or_default()), timestamp)
+                .is_some()
+            {
                 continue;
+            }
+            if let Some(ingested) = e.ingestion_time() {
+                // How late lines become readable decides how much each query reads again.
+                max_lag_ms = max_lag_ms.max(ingested - timestamp);
             }
             let message = e.message().unwrap_or_default();
             if let Some(record) = s
@@ -407,6 +417,24 @@ impl SweepState {
                 s.finish(SweepEnd::Ended(FollowEnd::Complete(end)));
             }
         }
+        self.widen_overlap(max_lag_ms);
+    }
+
+    /// The overlap covers twice the worst ingestion lag seen lately plus 5 s (CloudWatch makes
+    /// lines readable 5-20 s after they were written), within the configured minimum and 2 min;
+    /// it shrinks back slowly when lines come faster again.
+    fn widen_overlap(&mut self, lag_ms: i64) {
+        let wanted = Duration::from_millis((2 * lag_ms.max(0) + 5_000) as u64)
+            .clamp(self.config.sweep_overlap, MAX_OVERLAP);
+        self.overlap = if wanted > self.overlap {
+            wanted
+        } else {
+            // Back towards what the lines need, by 1% a page.
+            self.overlap
+                .mul_f64(0.99)
+                .max(wanted)
+                .max(self.config.sweep_overlap)
+        };
     }
 
     /// A query read to its end: its streams are read up to `end_ms`, and ids older than the
@@ -517,6 +545,16 @@ impl SweepState {
             });
         }
     }
+}
+
+/// A 64-bit hash of an event id: ids are per stream, so a collision is as unlikely as 64 bits
+/// make it, and the set stays small.
+fn id_hash(id: &str) -> u64 {
+    use std::hash::Hasher;
+    // Fixed keys: the same id always hashes the same.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(id.as_bytes());
+    h.finish()
 }
 
 /// The longest prefix every name shares.

@@ -156,6 +156,12 @@ def job_process_env(job, container_env):
     # Job definition env + containerOverrides + AWS_BATCH_JOB_ID, and moto's
     # MOTO_HOST/MOTO_PORT/MOTO_HTTP_ENDPOINT (pointed at us by main()).
     env.update(container_env)
+    # An array child sees its index and the array's size, as on AWS (moto sets neither).
+    index = (getattr(job, "array_properties", None) or {}).get("index")
+    if index is not None:
+        parent = job.all_jobs.get(job.job_id.rsplit(":", 1)[0])
+        env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
+        env["AWS_BATCH_JOB_ARRAY_SIZE"] = str(len(getattr(parent, "_child_jobs", None) or []))
     return {k: str(v) for k, v in env.items()}
 
 
@@ -278,6 +284,44 @@ def patch_moto(state_seconds):
         return resolve(self, instance, kept)
 
     CloudFormationBackend._resolve_update_parameters = resolve_update_parameters
+
+    # 9. Fidelity for arrays: a parent is PENDING while its children run and FAILED
+    #    once they all ended and one failed (moto only ever marks it SUCCEEDED, and
+    #    otherwise moves it through RUNNING as it is read); a child's DescribeJobs has
+    #    arrayProperties.index.
+    orig_describe = Job.describe
+
+    def describe(self):
+        result = orig_describe(self)
+        children = getattr(self, "_child_jobs", None)
+        index = (getattr(self, "array_properties", None) or {}).get("index")
+        if children:
+            ended = [c.status for c in children if c.status in ("SUCCEEDED", "FAILED")]
+            if len(ended) == len(children) and "FAILED" in ended:
+                result["status"] = "FAILED"
+                result["statusReason"] = "Array Child Job failed"
+                if not hasattr(self, "mfbatch_stopped_at"):
+                    self.mfbatch_stopped_at = int(time.time() * 1000)
+                result["stoppedAt"] = self.mfbatch_stopped_at
+            elif len(ended) < len(children):
+                result["status"] = "PENDING"
+        elif index is not None:
+            result["arrayProperties"] = {"index": index}
+        return result
+
+    Job.describe = describe
+
+    # 10. TerminateJob / CancelJob on an array parent stop its children (moto only
+    #    flags the parent, which never runs).
+    orig_terminate = Job.terminate
+
+    def terminate(self, reason):
+        for child in getattr(self, "_child_jobs", None) or []:
+            if child.status not in ("SUCCEEDED", "FAILED"):
+                child.terminate(reason)
+        orig_terminate(self, reason)
+
+    Job.terminate = terminate
 
 
 class CallCounter:

@@ -1,8 +1,13 @@
 //! The fake's AWS Batch: queues, compute environments, job definitions and jobs that move along a
 //! scripted [`Timeline`], spoken as REST-JSON (`POST /v1/<operation>`).
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use wiremock::{Request, ResponseTemplate};
+
+mod arrays;
+pub use arrays::ArrayScript;
 
 use super::logs::{Pending, Release};
 use super::{now_ms, JobStatus, State, ACCOUNT, BATCH_LOG_GROUP, REGION};
@@ -259,6 +264,7 @@ pub struct QueueSpec {
     name: String,
     state: String,
     compute_environments: Vec<(String, String, i32)>,
+    scheduling_policy: Option<String>,
 }
 
 impl QueueSpec {
@@ -267,7 +273,14 @@ impl QueueSpec {
             name: name.to_owned(),
             state: "ENABLED".into(),
             compute_environments: Vec::new(),
+            scheduling_policy: None,
         }
+    }
+
+    /// A fair-share scheduling policy: every SubmitJob then needs a share identifier.
+    pub fn scheduling_policy(mut self, arn: &str) -> Self {
+        self.scheduling_policy = Some(arn.to_owned());
+        self
     }
 
     /// A managed compute environment of `resource_type` (`EC2`, `SPOT`, `FARGATE`, `FARGATE_SPOT`).
@@ -290,6 +303,7 @@ pub(super) struct Queue {
     arn: String,
     state: String,
     compute_environments: Vec<String>,
+    scheduling_policy: Option<String>,
 }
 
 #[derive(Debug)]
@@ -326,8 +340,9 @@ pub(super) struct Job {
     queue_name: String,
     definition_arn: String,
     definition_name: String,
-    definition: Value,
-    submit: Value,
+    // Shared: an array's 10,000 children hold the same bodies.
+    definition: Arc<Value>,
+    submit: Arc<Value>,
     created_at: i64,
     started_at: Option<i64>,
     stopped_at: Option<i64>,
@@ -341,6 +356,10 @@ pub(super) struct Job {
     /// `MFBATCH_END_NONCE` from the submit, when mfbatch launched it.
     end_nonce: Option<String>,
     auto_end_records: bool,
+    /// An array child's index.
+    array_index: Option<usize>,
+    /// An array parent's children and how its summary behaves.
+    array: Option<arrays::ParentArray>,
 }
 
 /// What a test can see of a job.
@@ -370,7 +389,7 @@ impl Job {
             definition: self.definition_arn.clone(),
             status: self.status,
             status_reason: self.status_reason.clone(),
-            submit: self.submit.clone(),
+            submit: (*self.submit).clone(),
             attempts: self.attempts.len(),
             log_streams: self
                 .attempts
@@ -483,6 +502,9 @@ impl Job {
         if let Some(retry) = self.submit.get("retryStrategy") {
             obj.insert("retryStrategy".into(), retry.clone());
         }
+        if let Some(array) = self.array_properties(true) {
+            obj.insert("arrayProperties".into(), array);
+        }
         detail
     }
 
@@ -504,6 +526,9 @@ impl Job {
         }
         if let Some(t) = self.stopped_at {
             obj.insert("stoppedAt".into(), json!(t));
+        }
+        if let Some(array) = self.array_properties(false) {
+            obj.insert("arrayProperties".into(), array);
         }
         if let Some(last) = self.attempts.last().filter(|a| a.stopped_at.is_some()) {
             let mut c = json!({});
@@ -642,6 +667,7 @@ impl State {
                 name: spec.name,
                 state: spec.state,
                 compute_environments: ce_arns,
+                scheduling_policy: spec.scheduling_policy,
             },
         );
     }
@@ -701,7 +727,7 @@ impl State {
             .values()
             .filter(|q| wanted.is_empty() || wanted.iter().any(|w| *w == q.name || *w == q.arn))
             .map(|q| {
-                json!({
+                let mut queue = json!({
                     "jobQueueName": q.name,
                     "jobQueueArn": q.arn,
                     "state": q.state,
@@ -710,7 +736,11 @@ impl State {
                     "computeEnvironmentOrder": q.compute_environments.iter().enumerate()
                         .map(|(i, ce)| json!({"order": i + 1, "computeEnvironment": ce}))
                         .collect::<Vec<_>>(),
-                })
+                });
+                if let Some(policy) = &q.scheduling_policy {
+                    queue["schedulingPolicyArn"] = json!(policy);
+                }
+                queue
             })
             .collect();
         ok(json!({ "jobQueues": queues }))
@@ -807,6 +837,16 @@ impl State {
         let Some(queue) = self.queue(queue_ref) else {
             return client_error(&format!("JobQueue {queue_ref} not found"));
         };
+        // As AWS: a share identifier exactly when the queue has a fair-share policy.
+        match (&queue.scheduling_policy, body.get("shareIdentifier")) {
+            (Some(_), None) => {
+                return client_error("shareIdentifier is required for a fair-share job queue")
+            }
+            (None, Some(_)) => {
+                return client_error("shareIdentifier is only allowed with a fair-share job queue")
+            }
+            _ => {}
+        }
         let (queue_arn, queue_name) = (queue.arn.clone(), queue.name.clone());
         let def_ref = body["jobDefinition"].as_str().unwrap_or_default();
         let Some((def_name, def)) = self.definition(def_ref) else {
@@ -814,11 +854,19 @@ impl State {
         };
         let (def_name, def_arn, def_body) =
             (def_name.to_owned(), def.arn.clone(), def.body.clone());
-        let timeline = self
-            .scripted
-            .pop_front()
-            .filter(|t| !t.phases.is_empty())
-            .unwrap_or_else(|| self.default_timeline.clone());
+        let array_size = body["arrayProperties"]["size"].as_u64().unwrap_or(0) as usize;
+        if body.get("arrayProperties").is_some() && !(2..=10_000).contains(&array_size) {
+            return client_error("arrayProperties.size must be between 2 and 10000");
+        }
+        let timeline = if array_size > 0 {
+            // The parent's status follows its children (see `arrays`).
+            Timeline::new().status(JobStatus::Submitted, usize::MAX)
+        } else {
+            self.scripted
+                .pop_front()
+                .filter(|t| !t.phases.is_empty())
+                .unwrap_or_else(|| self.default_timeline.clone())
+        };
         let id = self.uuid();
         let job = Job {
             id: id.clone(),
@@ -827,8 +875,8 @@ impl State {
             queue_name,
             definition_arn: def_arn,
             definition_name: def_name,
-            definition: def_body,
-            submit: body.clone(),
+            definition: Arc::new(def_body),
+            submit: Arc::new(body.clone()),
             created_at: now_ms(),
             started_at: None,
             stopped_at: None,
@@ -847,10 +895,15 @@ impl State {
                 .and_then(|kv| kv["value"].as_str())
                 .map(str::to_owned),
             auto_end_records: timeline.auto_end_records,
+            array_index: None,
+            array: None,
         };
         self.jobs.insert(id.clone(), job);
         self.job_order.push(id.clone());
         self.enter_phase(&id, 0);
+        if array_size > 0 {
+            self.spawn_children(&id, array_size);
+        }
         ok(json!({"jobArn": format!("{ARN_PREFIX}job/{id}"), "jobName": name, "jobId": id}))
     }
 
@@ -1024,20 +1077,29 @@ impl State {
                 job.hidden_for -= 1;
                 continue;
             }
-            // A phase change happens at the call that first shows it, so its effects (a new
-            // attempt's stream, lines held until the end) appear exactly when the client sees it.
-            let next = job.phase + 1;
-            if !job.status.is_terminal()
-                && next < job.phases.len()
-                && job.seen >= job.phases[job.phase].describes
-            {
-                self.enter_phase(&id, next);
+            if job.array.is_some() {
+                self.tick_array(&id);
+            } else {
+                self.advance(&id);
             }
             let job = self.jobs.get_mut(&id).expect("still there");
             out.push(job.detail());
             job.seen += 1;
         }
         ok(json!({ "jobs": out }))
+    }
+
+    /// A phase change happens at the call that first shows it, so its effects (a new attempt's
+    /// stream, lines held until the end) appear exactly when the client sees it.
+    fn advance(&mut self, id: &str) {
+        let job = &self.jobs[id];
+        let next = job.phase + 1;
+        if !job.status.is_terminal()
+            && next < job.phases.len()
+            && job.seen >= job.phases[job.phase].describes
+        {
+            self.enter_phase(id, next);
+        }
     }
 
     /// TerminateJob (any job not yet ended) and CancelJob (only jobs not yet STARTING, as in
@@ -1047,6 +1109,9 @@ impl State {
             return client_error("jobId and reason are required");
         };
         let terminate_exit_code = self.terminate_exit_code;
+        if self.jobs.get(id).is_some_and(|j| j.array.is_some()) {
+            return self.stop_array(id, reason, cancel);
+        }
         let Some(job) = self.jobs.get_mut(id) else {
             return client_error(&format!("Job {id} not found"));
         };
@@ -1082,6 +1147,9 @@ impl State {
     }
 
     fn list_jobs(&self, body: &Value) -> ResponseTemplate {
+        if let Some(parent) = body["arrayJobId"].as_str() {
+            return self.list_children(parent, body);
+        }
         let queue = body["jobQueue"]
             .as_str()
             .and_then(|q| self.queue(q))

@@ -31,7 +31,7 @@ use mfbatch::aws::{ClientOptions, Clients};
 use serde_json::Value;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-pub use batch::{AttemptEnd, JobView, QueueSpec, Timeline};
+pub use batch::{ArrayScript, AttemptEnd, JobView, QueueSpec, Timeline};
 pub use mfbatch::event::JobStatus;
 
 pub const ACCOUNT: &str = "123456789012";
@@ -106,6 +106,7 @@ pub(crate) struct State {
     jobs: BTreeMap<String, batch::Job>,
     job_order: Vec<String>,
     scripted: VecDeque<Timeline>,
+    scripted_arrays: VecDeque<batch::ArrayScript>,
     default_timeline: Timeline,
     terminate_exit_code: Option<i32>,
     buckets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
@@ -134,6 +135,7 @@ impl State {
             jobs: BTreeMap::new(),
             job_order: Vec::new(),
             scripted: VecDeque::new(),
+            scripted_arrays: VecDeque::new(),
             default_timeline: Timeline::default(),
             terminate_exit_code: Some(143),
             buckets: BTreeMap::new(),
@@ -408,6 +410,17 @@ impl FakeAws {
     /// The timeline of the next submitted job (queued: one per SubmitJob, in order).
     pub fn script_next_job(&self, timeline: Timeline) {
         self.state().scripted.push_back(timeline);
+    }
+
+    /// How the next array job's children and parent behave (queued: one per array SubmitJob).
+    pub fn script_next_array(&self, script: ArrayScript) {
+        self.state().scripted_arrays.push_back(script);
+    }
+
+    /// When (epoch ms) each failed child of array `parent_id` was first seen FAILED (at a
+    /// parent describe), by index.
+    pub fn children_failed_at(&self, parent_id: &str) -> BTreeMap<usize, i64> {
+        self.state().children_failed_at(parent_id)
     }
 
     /// The timeline of jobs with no scripted one (default: [`Timeline::default`]).
@@ -732,6 +745,44 @@ impl FakeAws {
             ids.push(out.job_id().unwrap_or_default().to_owned());
         }
         ids
+    }
+
+    /// Submits an array of `size` children behaving as `script` says, through the SDK under a
+    /// minimal definition, with an end-record nonce as mfbatch gives its jobs; the parent's id.
+    pub async fn submit_array(&self, size: i32, script: ArrayScript) -> String {
+        use aws_sdk_batch::types::{
+            ArrayProperties, ContainerOverrides, ContainerProperties, JobDefinitionType,
+            KeyValuePair,
+        };
+        self.script_next_array(script);
+        let clients = self.clients();
+        let def = clients
+            .batch
+            .register_job_definition()
+            .job_definition_name("mfbatch-array")
+            .r#type(JobDefinitionType::Container)
+            .container_properties(ContainerProperties::builder().image(IMAGE).build())
+            .send()
+            .await
+            .expect("register a definition");
+        let nonce = KeyValuePair::builder()
+            .name("MFBATCH_END_NONCE")
+            .value("arraynonce")
+            .build();
+        clients
+            .batch
+            .submit_job()
+            .job_name("sweep")
+            .job_queue(QUEUE)
+            .job_definition(def.job_definition_arn().unwrap_or_default())
+            .array_properties(ArrayProperties::builder().size(size).build())
+            .container_overrides(ContainerOverrides::builder().environment(nonce).build())
+            .send()
+            .await
+            .expect("submit an array")
+            .job_id()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The whole environment of a spawned `mfbatch` (add `PATH` if it needs one): this fake as
