@@ -58,15 +58,7 @@ pub async fn follow(
     } = interrupts;
     let tracker = Tracker::new(clients, config);
     let seen: Arc<Mutex<Seen>> = Arc::default();
-    let sink = recording_sink(renderer.sink(), seen.clone());
-    // The observer (the metadata recorder) sees each event before it is rendered.
-    let sink: EventSink = match observer {
-        Some(observer) => Arc::new(move |event: Event| {
-            observer(event.clone());
-            sink(event)
-        }),
-        None => sink,
-    };
+    let sink = observed(recording_sink(renderer.sink(), seen.clone()), observer);
     let mut jobs = JoinSet::new();
     let ids: Vec<String> = requests.iter().map(|r| r.job_id.clone()).collect();
     for request in requests {
@@ -95,16 +87,8 @@ pub async fn follow(
             }
             stopping = Some(start_stopping(&tracker, &ids, &seen, &sink));
         }
-        if let Some(stop) = &stopping {
-            if ids
-                .iter()
-                .all(|id| seen.lock().expect("seen lock").stopped(id))
-            {
-                break;
-            }
-            if tokio::time::Instant::now() >= stop.deadline {
-                break;
-            }
+        if stopping.as_ref().is_some_and(|stop| stop.over(&ids, &seen)) {
+            break;
         }
         let deadline = stopping.as_ref().map(|s| s.deadline);
         let stop_calls = stopping.as_mut().map(|s| &mut s.calls);
@@ -135,22 +119,40 @@ pub async fn follow(
     drop(sink);
     renderer.finish().await;
     if stopping.is_some() {
-        let seen = seen.lock().expect("seen lock");
-        let running: Vec<&String> = ids.iter().filter(|id| !seen.stopped(id)).collect();
-        if running.is_empty() {
-            eprintln!("Stopped: {}", seen.describe_stops(&ids));
-        } else {
-            let running: Vec<&str> = running.iter().map(|s| s.as_str()).collect();
-            eprintln!(
-                "Not yet seen to stop after {}s (the container may take up to 30 s more): {}\n  watch with: mfbatch status {}",
-                STOP_GRACE.as_secs(),
-                running.join(" "),
-                running.join(" ")
-            );
-        }
+        say_how_the_stop_went(&ids, &seen.lock().expect("seen lock"));
         return Ok(exit::INTERRUPTED);
     }
     exit_code(results, false)
+}
+
+/// The observer (the metadata recorder) sees each event before it is rendered.
+fn observed(sink: EventSink, observer: Option<EventSink>) -> EventSink {
+    match observer {
+        Some(observer) => Arc::new(move |event: Event| {
+            observer(event.clone());
+            sink(event)
+        }),
+        None => sink,
+    }
+}
+
+/// After Ctrl-C: whether each job was seen to stop, and how to watch the ones that were not.
+fn say_how_the_stop_went(ids: &[String], seen: &Seen) {
+    let running: Vec<&str> = ids
+        .iter()
+        .filter(|id| !seen.stopped(id))
+        .map(String::as_str)
+        .collect();
+    if running.is_empty() {
+        eprintln!("Stopped: {}", seen.describe_stops(ids));
+    } else {
+        eprintln!(
+            "Not yet seen to stop after {}s (the container may take up to 30 s more): {}\n  watch with: mfbatch status {}",
+            STOP_GRACE.as_secs(),
+            running.join(" "),
+            running.join(" ")
+        );
+    }
 }
 
 /// The first interrupt: stop calls are sent at once, in the background, so that a second
@@ -158,6 +160,14 @@ pub async fn follow(
 struct Stopping {
     deadline: tokio::time::Instant,
     calls: JoinSet<(String, Result<(), mfbatch::error::AwsError>)>,
+}
+
+impl Stopping {
+    /// Every job was seen to stop, or the grace is over.
+    fn over(&self, ids: &[String], seen: &Mutex<Seen>) -> bool {
+        let seen = seen.lock().expect("seen lock");
+        ids.iter().all(|id| seen.stopped(id)) || tokio::time::Instant::now() >= self.deadline
+    }
 }
 
 fn start_stopping(

@@ -25,60 +25,19 @@ use mfbatch::track::array::ArrayFollow;
 use mfbatch::track::FollowRequest;
 
 pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
-    let flags: BTreeMap<Key, String> = [
-        (Key::BatchJobQueue, &args.queue),
-        (Key::EcsS3AccessIamRole, &args.iam_role),
-        (Key::BatchContainerImage, &args.image),
-        (Key::EcsFargateExecutionRole, &args.execution_role),
-        (Key::DatastoreSysrootS3, &args.datastore_root),
-        (
-            Key::DefaultMetadata,
-            &args.no_metadata.then(|| "none".to_owned()),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
-    .chain(
-        args.batch
-            .setting_flags()
-            .into_iter()
-            .map(|(key, value)| (Key::Batch(key), value)),
-    )
-    .collect();
-    let settings = settings::resolve(&Sources::from_process(flags))?;
-    config_cmd::warn_ignored_files(&settings, global);
-    if args.show_config {
-        config_cmd::print(&settings, global.output);
-        return Ok(exit::SUCCESS);
-    }
-    config_cmd::note_project_settings(&settings, global.style, global.quiet);
-    let options = RunOptions {
-        script: args.script.clone(),
-        root: args.root.clone(),
-        args: args.args.clone(),
-        cpu: args.cpu.clone(),
-        memory: args.memory.clone(),
-        gpu: args.gpu.clone(),
-        env: args.env.clone(),
-        tags: args.tags.clone(),
-        name: args.name.clone(),
-        python: args.python.clone(),
-        timeout_seconds: args.timeout.clone(),
-        retries: args.retries.clone(),
-        retry_any_failure: args.retry_any_failure,
-        local: args.local,
-        extra_suffixes: args.package_suffixes.clone(),
-        schedule: args.batch.schedule(),
+    // Reading config files and asking the local python3 for its version block: off the
+    // async threads.
+    let resolved = tokio::task::block_in_place(|| resolve(&args, global))?;
+    let Resolved {
+        settings,
+        spec,
+        runnable_warning,
+        runnable_timeout,
+    } = match resolved {
+        Some(resolved) => resolved,
+        None => return Ok(exit::SUCCESS), // --show-config
     };
-    let spec = build_spec(&settings, &options)?;
     let array_size = spec.batch().and_then(|b| b.scheduling.array_size());
-    args.batch.check_following(array_size)?;
-    let runnable_timeout = args
-        .runnable_timeout
-        .as_deref()
-        .map(|t| parse_duration("--runnable-timeout", t))
-        .transpose()?;
-    let runnable_warning = parse_duration("--runnable-warning", &args.runnable_warning)?;
     if spec.batch().is_none() {
         if args.dry_run || args.detach {
             return Err(Failure::usage_message(
@@ -94,97 +53,25 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         max_attempts: None,
     })
     .await?;
-
     let mut signals = Signals::install().map_err(|e| Failure::new(e, None, exit::FAILURE))?;
-    let renderer = Renderer::start(RenderOptions {
-        output: global.output,
-        quiet: global.quiet,
-        style: global.style,
-        prefix_jobs: false,
-        timestamps: false,
-    });
-    let events = renderer.sink();
-    let recorder_slot: std::sync::Mutex<Option<Arc<Recorder>>> = Default::default();
-    // Everything before SubmitJob may be abandoned on an interrupt: what it leaves behind is
-    // content-addressed and reused by the next run, and no job exists yet.
-    let before_submit = async {
-        let prepared = launch::prepare(spec, &events).await?;
-        let plan = launch::plan(&clients, &prepared).await?;
-        for warning in &plan.warnings {
-            events(mfbatch::event::Event::Warning(warning.clone()));
-        }
-        let script = prepared.spec.script.clone();
-        let facts = metadata_cmd::facts(&script, &plan, clients.region());
-        if args.dry_run {
-            let mut doc = dry_run_document(&prepared, &plan);
-            if let Some(meta) = &metadata {
-                doc["metadata"] = serde_json::json!({
-                    "backend": meta.backend.describe(),
-                    "records": recorder::dry_run_records(&meta.record, &facts),
-                });
-            }
-            return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
-        }
-        // In the spool before SubmitJob; sent while the package uploads.
-        *recorder_slot.lock().expect("slot") = metadata
-            .as_ref()
-            .and_then(|meta| metadata_cmd::start(meta, facts, global));
-        Ok(BeforeSubmit::Staged(Box::new(
-            launch::stage(&clients, &prepared, plan, &events).await?,
-        )))
+    let launched = match launch_batch(
+        &args,
+        spec,
+        &clients,
+        metadata.as_ref(),
+        &mut signals,
+        global,
+    )
+    .await?
+    {
+        Launch::Submitted(launched) => launched,
+        Launch::Done(code) => return Ok(code),
     };
-    let staged = tokio::select! {
-        staged = before_submit => Some(staged),
-        _ = signals.recv() => None,
-    };
-    let recorder = recorder_slot.lock().expect("slot").take();
-    let mut staged = match staged {
-        Some(Ok(BeforeSubmit::Staged(staged))) => staged,
-        Some(Ok(BeforeSubmit::DryRun(doc))) => {
-            close(renderer, events).await;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("serializes")
-            );
-            return Ok(exit::SUCCESS);
-        }
-        Some(Err(e)) => {
-            recorder.inspect(|r| r.abandon());
-            close(renderer, events).await;
-            return Err(e.into());
-        }
-        None => {
-            recorder.inspect(|r| r.abandon());
-            // An upload cut off mid-way is aborted, so its parts are not kept (and billed).
-            mfbatch::launch::store::abort_abandoned_uploads(ABORT_WAIT).await;
-            close(renderer, events).await;
-            eprintln!("Interrupted before submitting: no job was created.");
-            return Ok(exit::INTERRUPTED);
-        }
-    };
-    if let Some(recorder) = &recorder {
-        let environment = &mut staged.submit_job.container_overrides.environment;
-        for (name, value) in recorder.job_environment() {
-            if !environment.iter().any(|kv| kv.name == name) {
-                environment.push(NameValue { name, value });
-            }
-        }
-    }
-    let events = match &recorder {
-        Some(recorder) => recorder.sink(events),
-        None => events,
-    };
-    let submitted = launch::submit(&clients, *staged, &events).await;
-    // A signal during SubmitJob is acted on now that the job has an id.
-    let interrupted = signals.arrived().await;
-    close(renderer, events).await;
-    let submitted = match submitted {
-        Ok(submitted) => submitted,
-        Err(e) => {
-            recorder.inspect(|r| r.abandon());
-            return Err(e.into());
-        }
-    };
+    let Launched {
+        submitted,
+        recorder,
+        interrupted,
+    } = launched;
     if args.detach && !interrupted {
         if global.output == Output::Text {
             println!("{}", submitted.job_id);
@@ -224,6 +111,194 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     heartbeats.inspect(|h| h.abort());
     finish_metadata(recorder, metadata.as_ref(), global).await;
     code
+}
+
+/// Everything `run` checks before any AWS call.
+struct Resolved {
+    settings: settings::Settings,
+    spec: mfbatch::spec::JobSpec,
+    runnable_warning: std::time::Duration,
+    runnable_timeout: Option<std::time::Duration>,
+}
+
+/// The settings (flags first) and the validated spec; `None` after `--show-config`.
+fn resolve(args: &RunArgs, global: Global) -> Result<Option<Resolved>, Failure> {
+    let flags: BTreeMap<Key, String> = [
+        (Key::BatchJobQueue, &args.queue),
+        (Key::EcsS3AccessIamRole, &args.iam_role),
+        (Key::BatchContainerImage, &args.image),
+        (Key::EcsFargateExecutionRole, &args.execution_role),
+        (Key::DatastoreSysrootS3, &args.datastore_root),
+        (
+            Key::DefaultMetadata,
+            &args.no_metadata.then(|| "none".to_owned()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+    .chain(
+        args.batch
+            .setting_flags()
+            .into_iter()
+            .map(|(key, value)| (Key::Batch(key), value)),
+    )
+    .collect();
+    let settings = settings::resolve(&Sources::from_process(flags))?;
+    config_cmd::warn_ignored_files(&settings, global);
+    if args.show_config {
+        config_cmd::print(&settings, global.output);
+        return Ok(None);
+    }
+    config_cmd::note_project_settings(&settings, global.style, global.quiet);
+    let options = RunOptions {
+        script: args.script.clone(),
+        root: args.root.clone(),
+        args: args.args.clone(),
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        gpu: args.gpu.clone(),
+        env: args.env.clone(),
+        tags: args.tags.clone(),
+        name: args.name.clone(),
+        python: args.python.clone(),
+        timeout_seconds: args.timeout.clone(),
+        retries: args.retries.clone(),
+        retry_any_failure: args.retry_any_failure,
+        local: args.local,
+        extra_suffixes: args.package_suffixes.clone(),
+        schedule: args.batch.schedule(),
+    };
+    let spec = build_spec(&settings, &options)?;
+    args.batch
+        .check_following(spec.batch().and_then(|b| b.scheduling.array_size()))?;
+    let runnable_timeout = args
+        .runnable_timeout
+        .as_deref()
+        .map(|t| parse_duration("--runnable-timeout", t))
+        .transpose()?;
+    let runnable_warning = parse_duration("--runnable-warning", &args.runnable_warning)?;
+    Ok(Some(Resolved {
+        settings,
+        spec,
+        runnable_warning,
+        runnable_timeout,
+    }))
+}
+
+/// How the launch ended: a job to follow, or an exit code (dry run, interrupted before
+/// SubmitJob).
+enum Launch {
+    Submitted(Launched),
+    Done(u8),
+}
+
+struct Launched {
+    submitted: launch::Submitted,
+    recorder: Option<Arc<Recorder>>,
+    /// A signal came during SubmitJob: act on it now that the job has an id.
+    interrupted: bool,
+}
+
+/// Package, plan, stage (abandoned on an interrupt: no job exists yet), then SubmitJob.
+async fn launch_batch(
+    args: &RunArgs,
+    spec: mfbatch::spec::JobSpec,
+    clients: &Clients,
+    metadata: Option<&metadata_cmd::RunMetadata>,
+    signals: &mut Signals,
+    global: Global,
+) -> Result<Launch, Failure> {
+    let renderer = Renderer::start(RenderOptions {
+        output: global.output,
+        quiet: global.quiet,
+        style: global.style,
+        prefix_jobs: false,
+        timestamps: false,
+    });
+    let events = renderer.sink();
+    let recorder_slot: std::sync::Mutex<Option<Arc<Recorder>>> = Default::default();
+    // Everything before SubmitJob may be abandoned on an interrupt: what it leaves behind is
+    // content-addressed and reused by the next run, and no job exists yet.
+    let before_submit = async {
+        let prepared = launch::prepare(spec, &events).await?;
+        let plan = launch::plan(clients, &prepared).await?;
+        for warning in &plan.warnings {
+            events(mfbatch::event::Event::Warning(warning.clone()));
+        }
+        let script = prepared.spec.script.clone();
+        let facts = metadata_cmd::facts(&script, &plan, clients.region());
+        if args.dry_run {
+            let mut doc = dry_run_document(&prepared, &plan);
+            if let Some(meta) = metadata {
+                doc["metadata"] = serde_json::json!({
+                    "backend": meta.backend.describe(),
+                    "records": recorder::dry_run_records(&meta.record, &facts),
+                });
+            }
+            return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
+        }
+        // In the spool before SubmitJob; sent while the package uploads.
+        *recorder_slot.lock().expect("slot") =
+            metadata.and_then(|meta| metadata_cmd::start(meta, facts, global));
+        Ok(BeforeSubmit::Staged(Box::new(
+            launch::stage(clients, &prepared, plan, &events).await?,
+        )))
+    };
+    let staged = tokio::select! {
+        staged = before_submit => Some(staged),
+        _ = signals.recv() => None,
+    };
+    let recorder = recorder_slot.lock().expect("slot").take();
+    let mut staged = match staged {
+        Some(Ok(BeforeSubmit::Staged(staged))) => staged,
+        Some(Ok(BeforeSubmit::DryRun(doc))) => {
+            close(renderer, events).await;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+            return Ok(Launch::Done(exit::SUCCESS));
+        }
+        Some(Err(e)) => {
+            recorder.inspect(|r| r.abandon());
+            close(renderer, events).await;
+            return Err(e.into());
+        }
+        None => {
+            recorder.inspect(|r| r.abandon());
+            // An upload cut off mid-way is aborted, so its parts are not kept (and billed).
+            mfbatch::launch::store::abort_abandoned_uploads(ABORT_WAIT).await;
+            close(renderer, events).await;
+            eprintln!("Interrupted before submitting: no job was created.");
+            return Ok(Launch::Done(exit::INTERRUPTED));
+        }
+    };
+    if let Some(recorder) = &recorder {
+        let environment = &mut staged.submit_job.container_overrides.environment;
+        for (name, value) in recorder.job_environment() {
+            if !environment.iter().any(|kv| kv.name == name) {
+                environment.push(NameValue { name, value });
+            }
+        }
+    }
+    let events = match &recorder {
+        Some(recorder) => recorder.sink(events),
+        None => events,
+    };
+    let submitted = launch::submit(clients, *staged, &events).await;
+    let interrupted = signals.arrived().await;
+    close(renderer, events).await;
+    match submitted {
+        Ok(submitted) => Ok(Launch::Submitted(Launched {
+            submitted,
+            recorder,
+            interrupted,
+        })),
+        Err(e) => {
+            recorder.inspect(|r| r.abandon());
+            Err(e.into())
+        }
+    }
 }
 
 /// Waits a little for the run's records (and any left by earlier commands), then says where

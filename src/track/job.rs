@@ -112,7 +112,11 @@ async fn follow_batched(
     {
         super::sweep::SweepEnd::Ended(end) => end,
         super::sweep::SweepEnd::UsePerStream => {
-            logs::follow(client, budget, config, stream, done, events, false).await
+            // Boxed: only the streams that fall back pay for the per-stream follower's size.
+            Box::pin(logs::follow(
+                client, budget, config, stream, done, events, false,
+            ))
+            .await
         }
     }
 }
@@ -324,7 +328,8 @@ impl FollowedJob<'_> {
             }
         }
         if snapshot.status == JobStatus::Runnable {
-            self.watch_runnable(snapshot).await?;
+            // Boxed: rare, and its AWS calls would make every job's task as large as they are.
+            Box::pin(self.watch_runnable(snapshot)).await?;
         }
         Ok(())
     }

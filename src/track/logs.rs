@@ -127,7 +127,9 @@ impl Follower {
         if self.token.is_none() {
             request = request.set_start_time(self.stream.start_time_ms);
         }
-        match request.send().await {
+        // Boxed: the SDK's call is a large future, and a follower waits far more often than it
+        // calls; inline, every one of thousands of followers would carry its size all along.
+        match Box::pin(request.send()).await {
             Ok(page) => {
                 self.budget.succeeded();
                 self.deliver(page.events());

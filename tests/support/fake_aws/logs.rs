@@ -128,6 +128,15 @@ impl LogStream {
 }
 
 impl State {
+    /// Appends events to a stream, ingested now (readable at once, as a writer's lines are).
+    pub(super) fn append(&mut self, group: &str, stream: &str, events: Vec<(i64, String)>) {
+        let mut next_id = self.next_event_id;
+        let s = self.stream_mut(group, stream);
+        s.events.extend(events);
+        s.ingest(&mut next_id);
+        self.next_event_id = next_id;
+    }
+
     pub(super) fn stream_mut(&mut self, group: &str, stream: &str) -> &mut LogStream {
         self.log_groups
             .entry(group.to_owned())

@@ -440,16 +440,14 @@ impl FakeAws {
             .iter()
             .map(|l| (state.next_log_ms(), (*l).to_owned()))
             .collect();
-        state.stream_mut(group, stream).events.extend(events);
+        state.append(group, stream, events);
     }
 
     /// Appends events with explicit timestamps (milliseconds since the epoch).
     pub fn add_log_events(&self, group: &str, stream: &str, events: &[(i64, &str)]) {
         let mut state = self.state();
-        let stream = state.stream_mut(group, stream);
-        stream
-            .events
-            .extend(events.iter().map(|(t, m)| (*t, (*m).to_owned())));
+        let events = events.iter().map(|(t, m)| (*t, (*m).to_owned())).collect();
+        state.append(group, stream, events);
     }
 
     /// Lines that appear in the stream only after `reads` GetLogEvents calls on it.
