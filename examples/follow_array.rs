@@ -96,7 +96,14 @@ async fn follow(children: usize, speedup: u32) {
             record.lock().unwrap().insert(index, epoch_ms());
         }
     });
-    let tracker = Tracker::new(&clients, scaled(speedup));
+    let tracker = Tracker::new(
+        &clients,
+        TrackerConfig {
+            // Children wait in RUNNABLE by design here: no stuck-job warnings.
+            runnable_warning: Duration::from_secs(3600),
+            ..measure::scaled(TrackerConfig::default(), speedup)
+        },
+    );
     let request = FollowRequest {
         array: Some(ArrayFollow::default()),
         ..FollowRequest::new(id)
@@ -158,29 +165,4 @@ fn epoch_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// The default configuration with time compressed by `speedup`.
-fn scaled(speedup: u32) -> TrackerConfig {
-    let d = TrackerConfig::default();
-    TrackerConfig {
-        batch_calls_per_second: d.batch_calls_per_second * f64::from(speedup),
-        logs_calls_per_second: d.logs_calls_per_second * f64::from(speedup),
-        poll_min: d.poll_min / speedup,
-        poll_max: d.poll_max / speedup,
-        log_min_interval: d.log_min_interval / speedup,
-        log_max_interval: d.log_max_interval / speedup,
-        drain_quiet: d.drain_quiet / speedup,
-        drain_max: d.drain_max / speedup,
-        not_found_grace: d.not_found_grace / speedup,
-        status_failure_warning: d.status_failure_warning / speedup,
-        status_failure_limit: d.status_failure_limit / speedup,
-        runnable_warning: Duration::from_secs(3600),
-        runnable_timeout: None,
-        filter_calls_per_second: d.filter_calls_per_second * f64::from(speedup),
-        sweep_interval: d.sweep_interval / speedup,
-        sweep_overlap: d.sweep_overlap / speedup,
-        latency_target: d.latency_target / speedup,
-        ..d
-    }
 }

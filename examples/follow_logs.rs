@@ -270,7 +270,7 @@ async fn follow_child(args: &[String]) {
     let sdk = FakeAws::sdk_config_for(hello["uri"].as_str().unwrap());
     let clients = mfbatch::aws::Clients::from_sdk_config(&sdk, &Default::default()).unwrap();
 
-    let mut config = scaled(TrackerConfig::for_region(STRICTEST_REGION), speedup);
+    let mut config = measure::scaled(TrackerConfig::for_region(STRICTEST_REGION), speedup);
     if per_stream {
         config.log_mode = LogMode::PerStream;
     }
@@ -387,28 +387,4 @@ struct Seen {
     next: Vec<usize>,
     delays_ms: Vec<u64>,
     duplicated: usize,
-}
-
-/// A configuration with time compressed by `speedup`.
-fn scaled(d: TrackerConfig, speedup: u32) -> TrackerConfig {
-    let s = f64::from(speedup);
-    TrackerConfig {
-        batch_calls_per_second: d.batch_calls_per_second * s,
-        logs_calls_per_second: d.logs_calls_per_second * s,
-        filter_calls_per_second: d.filter_calls_per_second * s,
-        poll_min: d.poll_min / speedup,
-        poll_max: d.poll_max / speedup,
-        log_min_interval: d.log_min_interval / speedup,
-        log_max_interval: d.log_max_interval / speedup,
-        drain_quiet: d.drain_quiet / speedup,
-        drain_max: d.drain_max / speedup,
-        not_found_grace: d.not_found_grace / speedup,
-        sweep_interval: d.sweep_interval / speedup,
-        sweep_overlap: d.sweep_overlap / speedup,
-        latency_target: d.latency_target / speedup,
-        status_failure_warning: d.status_failure_warning / speedup,
-        status_failure_limit: d.status_failure_limit / speedup,
-        runnable_warning: d.runnable_warning / speedup,
-        ..d
-    }
 }

@@ -96,7 +96,7 @@ async fn follow(jobs: usize, speedup: u32, minutes: usize) {
     let clients = mfbatch::aws::Clients::from_sdk_config(&config, &Default::default()).unwrap();
     let rss_before = peak_rss_kib();
 
-    let tracker = Tracker::new(&clients, scaled(speedup));
+    let tracker = Tracker::new(&clients, measure::scaled(TrackerConfig::default(), speedup));
     let lines = Arc::new(AtomicUsize::new(0));
     let counter = lines.clone();
     let sink: EventSink = Arc::new(move |event| {
@@ -166,30 +166,4 @@ async fn follow(jobs: usize, speedup: u32, minutes: usize) {
         rss_before / 1024,
         rss_after / 1024
     );
-}
-
-/// The default configuration with time compressed by `speedup`.
-fn scaled(speedup: u32) -> TrackerConfig {
-    let d = TrackerConfig::default();
-    TrackerConfig {
-        batch_calls_per_second: d.batch_calls_per_second * f64::from(speedup),
-        logs_calls_per_second: d.logs_calls_per_second * f64::from(speedup),
-        poll_min: d.poll_min / speedup,
-        poll_max: d.poll_max / speedup,
-        log_min_interval: d.log_min_interval / speedup,
-        log_max_interval: d.log_max_interval / speedup,
-        drain_quiet: d.drain_quiet / speedup,
-        drain_max: d.drain_max / speedup,
-        not_found_grace: d.not_found_grace / speedup,
-        filter_calls_per_second: d.filter_calls_per_second * f64::from(speedup),
-        log_mode: d.log_mode,
-        batched_above: d.batched_above,
-        sweep_interval: d.sweep_interval / speedup,
-        sweep_overlap: d.sweep_overlap / speedup,
-        latency_target: d.latency_target / speedup,
-        status_failure_warning: d.status_failure_warning / speedup,
-        status_failure_limit: d.status_failure_limit / speedup,
-        runnable_warning: d.runnable_warning / speedup,
-        runnable_timeout: None,
-    }
 }

@@ -19,18 +19,7 @@ use support::cli::Cli;
 use support::*;
 
 fn fast_config() -> TrackerConfig {
-    TrackerConfig {
-        batch_calls_per_second: 2000.0,
-        logs_calls_per_second: 2000.0,
-        poll_min: Duration::from_millis(5),
-        poll_max: Duration::from_millis(40),
-        log_min_interval: Duration::from_millis(2),
-        log_max_interval: Duration::from_millis(20),
-        drain_quiet: Duration::from_millis(150),
-        drain_max: Duration::from_secs(10),
-        not_found_grace: Duration::from_secs(5),
-        ..TrackerConfig::default()
-    }
+    support::fast_tracker_config()
 }
 
 /// A child that runs `runs` describes, prints two lines and exits with `code`.

@@ -14,19 +14,9 @@ use support::{FakeAws, Fault, Timeline, BATCH_LOG_GROUP};
 
 fn batched_config() -> TrackerConfig {
     TrackerConfig {
-        batch_calls_per_second: 2000.0,
-        logs_calls_per_second: 2000.0,
-        filter_calls_per_second: 2000.0,
         log_mode: LogMode::Batched,
-        poll_min: Duration::from_millis(5),
-        poll_max: Duration::from_millis(40),
-        log_min_interval: Duration::from_millis(2),
-        log_max_interval: Duration::from_millis(20),
-        sweep_interval: Duration::from_millis(20),
-        sweep_overlap: Duration::from_secs(10),
         drain_quiet: Duration::from_millis(300),
-        drain_max: Duration::from_secs(10),
-        ..TrackerConfig::default()
+        ..support::fast_tracker_config()
     }
 }
 

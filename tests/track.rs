@@ -13,27 +13,7 @@ use support::{AttemptEnd, FakeAws, Timeline};
 
 /// Fast intervals so tests take milliseconds, and budgets that do not get in the way.
 fn fast_config() -> TrackerConfig {
-    TrackerConfig {
-        batch_calls_per_second: 2000.0,
-        logs_calls_per_second: 2000.0,
-        poll_min: Duration::from_millis(5),
-        poll_max: Duration::from_millis(40),
-        log_min_interval: Duration::from_millis(2),
-        log_max_interval: Duration::from_millis(20),
-        drain_quiet: Duration::from_millis(150),
-        drain_max: Duration::from_secs(10),
-        not_found_grace: Duration::from_secs(5),
-        filter_calls_per_second: 2000.0,
-        log_mode: mfbatch::track::LogMode::PerStream,
-        batched_above: usize::MAX,
-        sweep_interval: Duration::from_millis(20),
-        sweep_overlap: Duration::from_secs(10),
-        latency_target: Duration::from_secs(15),
-        status_failure_warning: Duration::from_secs(1),
-        status_failure_limit: Duration::from_secs(3),
-        runnable_warning: Duration::from_secs(3600),
-        runnable_timeout: None,
-    }
+    support::fast_tracker_config()
 }
 
 type Followed = (

@@ -87,7 +87,8 @@ impl Default for TrackerConfig {
             log_mode: LogMode::Auto,
             batched_above: 50,
             sweep_interval: Duration::from_secs(2),
-            sweep_overlap: Duration::from_secs(10),
+            // The least overlap; widened to twice the ingestion lag the sweeps see, plus 5 s.
+            sweep_overlap: Duration::from_secs(5),
             latency_target: Duration::from_secs(15),
             poll_min: Duration::from_millis(crate::settings::DEFAULT_POLL_MIN_MS),
             poll_max: Duration::from_secs(30),

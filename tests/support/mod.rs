@@ -54,3 +54,27 @@ pub fn name_values(list: &serde_json::Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A tracker that polls and reads in milliseconds, with budgets that never get in the way, per
+/// stream (the sweeps' tests ask for them): for tests of what is delivered, not of pacing.
+pub fn fast_tracker_config() -> mfbatch::track::TrackerConfig {
+    use std::time::Duration;
+    mfbatch::track::TrackerConfig {
+        batch_calls_per_second: 2000.0,
+        logs_calls_per_second: 2000.0,
+        filter_calls_per_second: 2000.0,
+        log_mode: mfbatch::track::LogMode::PerStream,
+        poll_min: Duration::from_millis(5),
+        poll_max: Duration::from_millis(40),
+        log_min_interval: Duration::from_millis(2),
+        log_max_interval: Duration::from_millis(20),
+        sweep_interval: Duration::from_millis(20),
+        drain_quiet: Duration::from_millis(150),
+        drain_max: Duration::from_secs(10),
+        not_found_grace: Duration::from_secs(5),
+        status_failure_warning: Duration::from_secs(1),
+        status_failure_limit: Duration::from_secs(3),
+        runnable_warning: Duration::from_secs(3600),
+        ..mfbatch::track::TrackerConfig::default()
+    }
+}
