@@ -267,6 +267,7 @@ impl LocalJob {
             vcpus: None,
             memory_mib: None,
             end_nonce: Some(end_nonce),
+            started_at_ms: None,
             stopped_at_ms: Some(now_ms()),
             retry: None,
             array: None,

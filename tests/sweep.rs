@@ -177,12 +177,18 @@ async fn a_stream_that_does_not_exist_yet_does_not_blind_the_others() {
             .logs(&["late stream"])
             .succeeded(),
     );
-    let ids = fake.submit_jobs(timelines).await;
-    let config = TrackerConfig {
-        // Names, not a prefix: a missing name fails the whole call.
-        ..batched_config()
-    };
-    let got = follow_all(&fake, &ids, config).await;
+    // Streams under two definitions share no prefix: they are read by name, and a missing name
+    // fails the whole call (as on AWS) until the batch is halved down to it.
+    let mut ids = fake.submit_jobs_under(timelines, "alpha-def").await;
+    ids.extend(
+        fake.submit_jobs_under(
+            vec![Timeline::new().running(20).logs(&["other"]).succeeded()],
+            "beta-def",
+        )
+        .await,
+    );
+    let got = follow_all(&fake, &ids, batched_config()).await;
+    assert_eq!(got.lines[&ids[6]], ["other"]);
     for (i, id) in ids.iter().take(5).enumerate() {
         assert_eq!(got.lines[id], [format!("fine {i}")]);
     }

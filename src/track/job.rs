@@ -303,6 +303,7 @@ impl FollowedJob<'_> {
                     stream,
                     start_time_ms: self.request.logs_since_ms,
                     end_nonce: snapshot.end_nonce.clone(),
+                    started_at_ms: snapshot.started_at_ms,
                 };
                 if self.batched() {
                     followers.spawn(follow_batched(

@@ -35,6 +35,8 @@ pub struct StreamRef {
     pub start_time_ms: Option<i64>,
     /// The nonce of the attempt's end records, when mfbatch launched the job.
     pub end_nonce: Option<String>,
+    /// When the job started (epoch ms): no line of the stream is older.
+    pub started_at_ms: Option<i64>,
 }
 
 /// Why a follower stopped.

@@ -49,7 +49,8 @@ pub struct JobSnapshot {
     pub memory_mib: Option<String>,
     /// The nonce of the job's end records, when mfbatch launched it.
     pub end_nonce: Option<String>,
-    /// When the job stopped (epoch ms), once it has.
+    /// When the job started and stopped (epoch ms), once it has.
+    pub started_at_ms: Option<i64>,
     pub stopped_at_ms: Option<i64>,
     /// The job's retry strategy, when it has one.
     pub retry: Option<RetryPolicy>,
@@ -170,6 +171,7 @@ impl JobSnapshot {
                 .and_then(|kv| kv.value())
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned),
+            started_at_ms: detail.started_at(),
             stopped_at_ms: detail.stopped_at(),
             retry: detail.retry_strategy().map(|r| RetryPolicy {
                 attempts: r.attempts().unwrap_or(1).max(1) as usize,

@@ -6,7 +6,8 @@
 //! - streams already caught up ("live") with one query by stream-name prefix when they share one
 //!   (mfbatch's streams all start `mfbatch-<hash>/`), else in batches of up to 100 names;
 //! - new streams in their own name batches from their start, so they do not drag the live
-//!   window back, and join the live set after one complete sweep.
+//!   window back, and join the live set after one complete sweep — or, when their job started
+//!   near the live window, in the live query from the start.
 //!
 //! A query reads from each stream's cursor less an overlap (late-ingested lines come back) up to
 //! the sweep's start, every page; cursors move only after a query read to its end. Events are
@@ -15,7 +16,7 @@
 //! yet is halved until the missing one is found; it is retried on the next sweep. A stream ends
 //! on its end records, or with the same drain rule as the per-stream follower.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ const PAGE_LIMIT: i32 = 10_000;
 /// may run ahead of ours, and a line read early is simply not read again (its id is kept). The
 /// cursor itself never passes the sweep's start, so nothing ingested later is skipped.
 const FUTURE_ALLOWANCE_MS: i64 = 5 * 60 * 1000;
+/// A new stream that starts at most this long before the live window joins the live query.
+const JOIN_WINDOW_MS: i64 = 10_000;
+/// A stream's lines are read from this long before its job's `startedAt` (clock skew).
+const START_MARGIN_MS: i64 = 5_000;
 /// The most a query reads again for late-ingested lines.
 const MAX_OVERLAP: Duration = Duration::from_secs(120);
 /// A page failing this many times in a row ends the sweep (its cursors stay for the next).
@@ -209,7 +214,13 @@ impl SweepState {
 
     fn add(&mut self, r: Registration) {
         let swept = Swept {
-            cursor_ms: r.stream.start_time_ms.unwrap_or(0),
+            // From `--since`, else from a little before the job started (clocks differ), else
+            // from the stream's beginning.
+            cursor_ms: r
+                .stream
+                .start_time_ms
+                .or(r.stream.started_at_ms.map(|t| t - START_MARGIN_MS))
+                .unwrap_or(0),
             stream: r.stream,
             events: r.events,
             done: r.done,
@@ -227,35 +238,48 @@ impl SweepState {
             .insert(swept.stream.stream.clone(), swept);
     }
 
-    /// The live query (by prefix or names), then the catch-up queries of new streams.
+    /// The live query (by prefix or names), then the catch-up queries of new streams. A new
+    /// stream whose start is known and near the live window joins the live query instead (a
+    /// thousand jobs starting together are then read by one query, not ten catch-up batches).
     async fn sweep_group(&mut self, group: &str) {
         let (end_ms, started) = (epoch_ms(), Instant::now());
         let Some(streams) = self.groups.get(group) else {
             return;
         };
         let overlap = self.overlap.as_millis() as i64;
+        let open = || streams.iter().filter(|(_, s)| !s.finished());
+        let live_start = open()
+            .filter(|(_, s)| s.live)
+            .map(|(_, s)| s.cursor_ms - overlap)
+            .min();
+        let joins = |s: &Swept| {
+            !s.live
+                && s.stream.started_at_ms.is_some()
+                && live_start.is_none_or(|start| s.cursor_ms >= start - JOIN_WINDOW_MS)
+        };
         let mut live: Vec<(String, i64)> = Vec::new();
         let mut catching: Vec<(String, i64)> = Vec::new();
-        for (name, s) in streams.iter().filter(|(_, s)| !s.finished()) {
+        for (name, s) in open() {
             if s.live {
+                live.push((name.clone(), s.cursor_ms - overlap));
+            } else if joins(s) {
                 live.push((name.clone(), s.cursor_ms));
             } else {
                 catching.push((name.clone(), s.cursor_ms));
             }
         }
-        if let Some(start) = live.iter().map(|(_, c)| c - overlap).min() {
+        if let Some(start) = live.iter().map(|(_, c)| *c).min() {
             let names: Vec<String> = live.into_iter().map(|(n, _)| n).collect();
+            let window = (start, end_ms, started);
             match common_prefix(&names).filter(|p| p.len() >= MIN_PREFIX) {
                 Some(prefix) => {
-                    let query = Query::Prefix(prefix);
-                    let window = (start, end_ms, started);
-                    self.sweep(group, query, &names, window, true).await;
+                    self.sweep(group, Query::Prefix(prefix), &names, window)
+                        .await;
                 }
                 None => {
                     for chunk in names.chunks(MAX_NAMES) {
-                        let query = Query::Names(chunk.to_vec());
-                        let window = (start, end_ms, started);
-                        self.sweep(group, query, chunk, window, true).await;
+                        self.sweep(group, Query::Names(chunk.to_vec()), chunk, window)
+                            .await;
                     }
                 }
             }
@@ -265,7 +289,7 @@ impl SweepState {
             let start = chunk.iter().map(|(_, c)| *c).min().unwrap_or(0);
             let names: Vec<String> = chunk.iter().map(|(n, _)| n.clone()).collect();
             let window = (start, end_ms, started);
-            self.sweep(group, Query::Names(names.clone()), &names, window, false)
+            self.sweep(group, Query::Names(names.clone()), &names, window)
                 .await;
         }
     }
@@ -279,12 +303,13 @@ impl SweepState {
         query: Query,
         covered: &[String],
         (start_ms, end_ms, started): (i64, i64, Instant),
-        live: bool,
     ) {
         let mut pending = vec![(query, covered.to_vec())];
         while let Some((query, covered)) = pending.pop() {
-            match self.read(group, &query, start_ms, end_ms, live).await {
-                Ok(()) => self.advance(group, &covered, end_ms, started),
+            let set: HashSet<&str> = covered.iter().map(String::as_str).collect();
+            let by_prefix = matches!(query, Query::Prefix(_));
+            match self.read(group, &query, start_ms, end_ms, &set).await {
+                Ok(()) => self.advance(group, &covered, (end_ms, started), by_prefix),
                 Err(err) if err.kind == AwsErrorKind::NotFound => {
                     if let Query::Names(names) = &query {
                         if names.len() > 1 {
@@ -319,7 +344,7 @@ impl SweepState {
         query: &Query,
         start_ms: i64,
         end_ms: i64,
-        live: bool,
+        covered: &HashSet<&str>,
     ) -> Result<(), AwsError> {
         let mut token: Option<String> = None;
         let mut failures = 0;
@@ -357,7 +382,7 @@ impl SweepState {
             };
             failures = 0;
             self.budget.succeeded();
-            self.deliver(group, page.events(), live);
+            self.deliver(group, page.events(), covered);
             token = page.next_token().map(str::to_owned);
             if token.is_none() {
                 return Ok(());
@@ -366,19 +391,23 @@ impl SweepState {
     }
 
     /// Hands a page's events to their streams: once each, records kept apart, in order.
-    fn deliver(&mut self, group: &str, page: &[FilteredLogEvent], live: bool) {
+    fn deliver(&mut self, group: &str, page: &[FilteredLogEvent], covered: &HashSet<&str>) {
         let Some(streams) = self.groups.get_mut(group) else {
             return;
         };
         let now = Instant::now();
         let mut max_lag_ms: i64 = 0;
         for e in page {
-            let Some(s) = e.log_stream_name().and_then(|n| streams.get_mut(n)) else {
-                continue; // another process's stream under the same prefix
-            };
             // A query delivers to the streams it is for: the live query never gets ahead of a
-            // stream still catching up from its start.
-            if s.live != live || s.finished() || s.records.complete().is_some() {
+            // stream still catching up from its start (nor serves another process's stream
+            // under the same prefix).
+            let Some(name) = e.log_stream_name().filter(|n| covered.contains(n)) else {
+                continue;
+            };
+            let Some(s) = streams.get_mut(name) else {
+                continue;
+            };
+            if s.finished() || s.records.complete().is_some() {
                 continue;
             }
             let timestamp = e.timestamp().unwrap_or_default();
@@ -439,7 +468,13 @@ impl SweepState {
 
     /// A query read to its end: its streams are read up to `end_ms`, and ids older than the
     /// next query's window are forgotten.
-    fn advance(&mut self, group: &str, covered: &[String], end_ms: i64, started: Instant) {
+    fn advance(
+        &mut self,
+        group: &str,
+        covered: &[String],
+        (end_ms, started): (i64, Instant),
+        by_prefix: bool,
+    ) {
         // Ids stay as long as a later query can return their events again.
         let keep_from = end_ms - self.overlap.as_millis() as i64 - 1_000;
         let Some(streams) = self.groups.get_mut(group) else {
@@ -447,6 +482,12 @@ impl SweepState {
         };
         for name in covered {
             if let Some(s) = streams.get_mut(name) {
+                // A prefix query does not say whether a stream exists: one that joined it and
+                // got nothing may appear later with older lines, so it is read by name from its
+                // start until it has delivered something.
+                if by_prefix && !s.live && !s.delivered {
+                    continue;
+                }
                 s.cursor_ms = s.cursor_ms.max(end_ms);
                 s.swept_at = Some(started);
                 s.live = true;

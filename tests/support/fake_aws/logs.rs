@@ -352,8 +352,15 @@ impl State {
         }
         let mut matching: Vec<(i64, i64, u64, &str, &str)> = Vec::new();
         let next_id = &mut self.next_event_id;
-        for s in streams.values_mut() {
+        for (name, s) in streams.iter_mut() {
             s.ingest(next_id);
+            // A prefix read counts as a read of a stream that does not exist yet, too.
+            if names.is_none() && s.missing_reads > 0 {
+                let wanted = prefix.as_deref().is_none_or(|p| name.starts_with(p));
+                if wanted {
+                    s.missing_reads -= 1;
+                }
+            }
         }
         for (name, s) in streams.iter() {
             let wanted = match (&names, &prefix) {

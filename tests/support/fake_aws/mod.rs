@@ -682,7 +682,16 @@ impl FakeAws {
     /// (under a minimal job definition registered for them), each with an end-record nonce as
     /// mfbatch gives its jobs; returns the ids in order.
     pub async fn submit_jobs(&self, timelines: Vec<Timeline>) -> Vec<String> {
-        self.submit_jobs_with(timelines, None).await
+        self.submit_jobs_with(timelines, None, "mfbatch-test").await
+    }
+
+    /// [`FakeAws::submit_jobs`] under a definition of this name (their streams start with it).
+    pub async fn submit_jobs_under(
+        &self,
+        timelines: Vec<Timeline>,
+        definition: &str,
+    ) -> Vec<String> {
+        self.submit_jobs_with(timelines, None, definition).await
     }
 
     /// [`FakeAws::submit_jobs`] with a retry strategy of `attempts` that retries any failure.
@@ -691,19 +700,21 @@ impl FakeAws {
         timelines: Vec<Timeline>,
         attempts: i32,
     ) -> Vec<String> {
-        self.submit_jobs_with(timelines, Some(attempts)).await
+        self.submit_jobs_with(timelines, Some(attempts), "mfbatch-test")
+            .await
     }
 
     async fn submit_jobs_with(
         &self,
         timelines: Vec<Timeline>,
         attempts: Option<i32>,
+        definition_name: &str,
     ) -> Vec<String> {
         let clients = self.clients();
         let definition = clients
             .batch
             .register_job_definition()
-            .job_definition_name("mfbatch-test")
+            .job_definition_name(definition_name)
             .r#type(aws_sdk_batch::types::JobDefinitionType::Container)
             .container_properties(
                 aws_sdk_batch::types::ContainerProperties::builder()
