@@ -43,6 +43,8 @@ const PAGE_LIMIT: i32 = 10_000;
 const FUTURE_ALLOWANCE_MS: i64 = 5 * 60 * 1000;
 /// A new stream that starts at most this long before the live window joins the live query.
 const JOIN_WINDOW_MS: i64 = 10_000;
+/// New streams that all started within this long catch up in one prefix query.
+const PREFIX_CATCH_UP_MS: i64 = 5 * 60 * 1000;
 /// A stream's lines are read from this long before its job's `startedAt` (clock skew).
 const START_MARGIN_MS: i64 = 5_000;
 /// The most a query reads again for late-ingested lines.
@@ -149,6 +151,10 @@ struct Swept {
     cursor_ms: i64,
     /// Caught up: read by the live query.
     live: bool,
+    /// This sweep takes its events from here on (its cursor less the overlap once live): a
+    /// query that starts earlier for other streams' sake must not hand it lines it already
+    /// delivered and no longer remembers.
+    read_from_ms: i64,
     /// Delivered event ids (hashed: 10,000 busy streams keep hundreds of thousands of them)
     /// and their timestamps, within the overlap window.
     seen: HashMap<u64, i64>,
@@ -226,6 +232,7 @@ impl SweepState {
             done: r.done,
             end: Some(r.end),
             live: false,
+            read_from_ms: 0,
             seen: HashMap::new(),
             records: EndRecords::default(),
             last_data: None,
@@ -238,59 +245,63 @@ impl SweepState {
             .insert(swept.stream.stream.clone(), swept);
     }
 
-    /// The live query (by prefix or names), then the catch-up queries of new streams. A new
-    /// stream whose start is known and near the live window joins the live query instead (a
-    /// thousand jobs starting together are then read by one query, not ten catch-up batches).
+    /// The live query (by prefix or names), then the catch-up of new streams. A new stream
+    /// whose job started near the live window joins the live query; many new streams that
+    /// share a prefix and started recently catch up in one prefix query rather than in
+    /// batches of 100 names. Each stream only takes events from its own window (see
+    /// [`Swept::read_from_ms`]), whatever window its query had to read.
     async fn sweep_group(&mut self, group: &str) {
         let (end_ms, started) = (epoch_ms(), Instant::now());
-        let Some(streams) = self.groups.get(group) else {
+        let overlap = self.overlap.as_millis() as i64;
+        let Some(streams) = self.groups.get_mut(group) else {
             return;
         };
-        let overlap = self.overlap.as_millis() as i64;
-        let open = || streams.iter().filter(|(_, s)| !s.finished());
-        let live_start = open()
-            .filter(|(_, s)| s.live)
-            .map(|(_, s)| s.cursor_ms - overlap)
+        let live_start = streams
+            .values()
+            .filter(|s| s.live && !s.finished())
+            .map(|s| s.cursor_ms - overlap)
             .min();
-        let joins = |s: &Swept| {
-            !s.live
-                && s.stream.started_at_ms.is_some()
-                && live_start.is_none_or(|start| s.cursor_ms >= start - JOIN_WINDOW_MS)
-        };
         let mut live: Vec<(String, i64)> = Vec::new();
         let mut catching: Vec<(String, i64)> = Vec::new();
-        for (name, s) in open() {
-            if s.live {
-                live.push((name.clone(), s.cursor_ms - overlap));
-            } else if joins(s) {
-                live.push((name.clone(), s.cursor_ms));
+        for (name, s) in streams.iter_mut().filter(|(_, s)| !s.finished()) {
+            let joins = s.stream.started_at_ms.is_some()
+                && live_start.is_none_or(|start| s.cursor_ms >= start - JOIN_WINDOW_MS);
+            s.read_from_ms = if s.live {
+                s.cursor_ms - overlap
             } else {
-                catching.push((name.clone(), s.cursor_ms));
+                s.cursor_ms
+            };
+            if s.live || joins {
+                live.push((name.clone(), s.read_from_ms));
+            } else {
+                catching.push((name.clone(), s.read_from_ms));
             }
         }
-        if let Some(start) = live.iter().map(|(_, c)| *c).min() {
-            let names: Vec<String> = live.into_iter().map(|(n, _)| n).collect();
-            let window = (start, end_ms, started);
-            match common_prefix(&names).filter(|p| p.len() >= MIN_PREFIX) {
-                Some(prefix) => {
-                    self.sweep(group, Query::Prefix(prefix), &names, window)
-                        .await;
-                }
-                None => {
-                    for chunk in names.chunks(MAX_NAMES) {
-                        self.sweep(group, Query::Names(chunk.to_vec()), chunk, window)
-                            .await;
-                    }
-                }
-            }
-        }
-        catching.sort_by_key(|(_, c)| *c);
-        for chunk in catching.chunks(MAX_NAMES) {
-            let start = chunk.iter().map(|(_, c)| *c).min().unwrap_or(0);
-            let names: Vec<String> = chunk.iter().map(|(n, _)| n.clone()).collect();
-            let window = (start, end_ms, started);
-            self.sweep(group, Query::Names(names.clone()), &names, window)
+        for (query, names, start) in queries(live) {
+            self.sweep(group, query, &names, (start, end_ms, started))
                 .await;
+        }
+        let recent = catching
+            .iter()
+            .all(|(_, from)| *from >= end_ms - PREFIX_CATCH_UP_MS);
+        if catching.len() > MAX_NAMES && recent {
+            for (query, names, start) in queries(catching) {
+                self.sweep(group, query, &names, (start, end_ms, started))
+                    .await;
+            }
+        } else {
+            catching.sort_by_key(|(_, from)| *from);
+            for chunk in catching.chunks(MAX_NAMES) {
+                let start = chunk.iter().map(|(_, from)| *from).min().unwrap_or(0);
+                let names: Vec<String> = chunk.iter().map(|(n, _)| n.clone()).collect();
+                self.sweep(
+                    group,
+                    Query::Names(names.clone()),
+                    &names,
+                    (start, end_ms, started),
+                )
+                .await;
+            }
         }
     }
 
@@ -407,7 +418,8 @@ impl SweepState {
             let Some(s) = streams.get_mut(name) else {
                 continue;
             };
-            if s.finished() || s.records.complete().is_some() {
+            let timestamp = e.timestamp().unwrap_or_default();
+            if s.finished() || s.records.complete().is_some() || timestamp < s.read_from_ms {
                 continue;
             }
             let timestamp = e.timestamp().unwrap_or_default();
@@ -596,6 +608,26 @@ fn id_hash(id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write(id.as_bytes());
     h.finish()
+}
+
+/// The queries that read `streams` (name, read-from): one by their common prefix when they
+/// have one, else batches of up to 100 names; each with the earliest read-from of its streams.
+fn queries(streams: Vec<(String, i64)>) -> Vec<(Query, Vec<String>, i64)> {
+    let Some(start) = streams.iter().map(|(_, from)| *from).min() else {
+        return Vec::new();
+    };
+    let names: Vec<String> = streams.iter().map(|(n, _)| n.clone()).collect();
+    if let Some(prefix) = common_prefix(&names).filter(|p| p.len() >= MIN_PREFIX) {
+        return vec![(Query::Prefix(prefix), names, start)];
+    }
+    streams
+        .chunks(MAX_NAMES)
+        .map(|chunk| {
+            let names: Vec<String> = chunk.iter().map(|(n, _)| n.clone()).collect();
+            let start = chunk.iter().map(|(_, from)| *from).min().unwrap_or(start);
+            (Query::Names(names.clone()), names, start)
+        })
+        .collect()
 }
 
 /// The longest prefix every name shares.
