@@ -160,6 +160,7 @@ fn run_scenario(
         command.arg("--faults");
     }
     let out = command.output().expect("run the follower");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let line = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(line.lines().last().unwrap_or("{}")).expect("a report");
     Report {
@@ -203,9 +204,18 @@ async fn serve(jobs: usize, busy: usize, speedup: u32, faults: bool) {
     if faults {
         fake.set_random_faults(0.3, 0.05, &[]);
     }
+    println!("{}", json!({"uri": fake.uri(), "ids": ids}));
+    // The jobs start writing once the follower has found every stream (it says `start`).
+    let mut line = String::new();
+    let line = tokio::task::spawn_blocking(move || {
+        let _ = std::io::stdin().read_line(&mut line);
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(line.trim(), "start");
     let ops = ["GetLogEvents", "FilterLogEvents", "DescribeJobs"];
     let setup: HashMap<&str, usize> = ops.into_iter().map(|op| (op, fake.calls(op))).collect();
-    println!("{}", json!({"uri": fake.uri(), "ids": ids}));
     let written = Arc::new(Mutex::new(vec![0usize; jobs]));
     let writer = {
         let (fake, written) = (fake.clone(), written.clone());
@@ -317,10 +327,24 @@ async fn follow_child(args: &[String]) {
         .iter()
         .map(|id| tracker.follow_with(FollowRequest::new(id.clone()), sink.clone()))
         .collect();
+    // Attach first (every job is RUNNING, its stream found), then the jobs write: the delays
+    // are those of following running jobs, not of catching up on history.
+    let attach = Instant::now();
+    loop {
+        let stats = tracker.stats();
+        if stats.per_stream_streams + stats.sweeps.streams >= ids.len()
+            || attach.elapsed() > Duration::from_secs(120)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5) / speedup).await;
+    let mut to_child = child.stdin.take().unwrap();
+    writeln!(to_child, "start").unwrap();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds) / speedup).await;
     let at_stop = tracker.stats();
-    let mut to_child = child.stdin.take().unwrap();
     writeln!(to_child, "stop").unwrap();
     let mut report = String::new();
     from_child.read_line(&mut report).unwrap();
@@ -353,6 +377,14 @@ async fn follow_child(args: &[String]) {
         .zip(&written)
         .map(|(got, want)| want.saturating_sub(*got))
         .sum();
+    let untouched = seen.next.iter().filter(|n| **n == 0).count();
+    let partial = seen
+        .next
+        .iter()
+        .zip(&written)
+        .filter(|(got, want)| **got > 0 && got < want)
+        .count();
+    eprintln!("streams with nothing delivered: {untouched}; with part delivered: {partial}");
     let mut delays = seen.delays_ms.clone();
     delays.sort_unstable();
     let pct = |p: f64| {
