@@ -15,6 +15,7 @@ mod prompt;
 mod render;
 mod report;
 mod run;
+mod serve_cmd;
 mod signals;
 mod stack_cmd;
 mod style;
@@ -63,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Stack(args) => stack_cmd::run(args, global).await,
             Command::Configure(args) => configure_cmd::run(*args, global).await,
             Command::Doctor(args) => doctor_cmd::run(args, global).await,
+            Command::Serve(args) => serve_cmd::run(args).await,
         }
     });
     let code = match result {

@@ -253,6 +253,7 @@ impl FollowedJob<'_> {
                     stream,
                     start_time_ms: self.request.logs_since_ms,
                     end_nonce: snapshot.end_nonce.clone(),
+                    credit: self.request.log_credit.clone(),
                 };
                 followers.spawn(logs::follow(
                     self.ctx.logs.clone(),

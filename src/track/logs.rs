@@ -35,6 +35,8 @@ pub struct StreamRef {
     pub start_time_ms: Option<i64>,
     /// The nonce of the attempt's end records, when mfbatch launched the job.
     pub end_nonce: Option<String>,
+    /// Waited for before each read (see [`super::credit`]).
+    pub credit: Option<Arc<super::LogCredit>>,
 }
 
 /// Why a follower stopped.
@@ -116,6 +118,9 @@ struct Follower {
 impl Follower {
     /// One GetLogEvents call; `Err` when following this stream is over.
     async fn read(&mut self) -> Result<Read, FollowEnd> {
+        if let Some(credit) = &self.stream.credit {
+            credit.ready().await;
+        }
         self.budget.acquire().await;
         let mut request = self
             .client
