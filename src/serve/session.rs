@@ -124,6 +124,10 @@ where
         }
     };
     conn.end(mode, timeout).await;
+    // The answer to `shutdown` comes after every event of the jobs it waited for.
+    while !conn.outbox.is_empty() && !writer_task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let shutdown = conn.shutdown.lock().expect("lock").take();
     if let Some((id, params)) = &shutdown {
         conn.outbox
@@ -155,6 +159,12 @@ impl Connection {
         let mut subs = self.subs.lock().expect("subs lock");
         subs.retain(|s| !s.is_done());
         subs.push(sub.clone());
+    }
+
+    fn sub_for_key(&self, key: &str) -> bool {
+        let subs = self.subs.lock().expect("subs lock");
+        subs.iter()
+            .any(|s| !s.is_done() && s.key.as_deref() == Some(key))
     }
 
     fn sub_for(&self, job_id: &str) -> Option<Arc<Sub>> {
@@ -283,6 +293,10 @@ impl Connection {
                 Ok(json!({"key": launch.key, "deduplicated": true, "job_id": job_id}))
             }
             Accepted::InProgress(existing) => {
+                if self.sub_for_key(&launch.key) {
+                    // This connection gets the launch's events already.
+                    return Ok(json!({"key": launch.key, "deduplicated": true, "job_id": null}));
+                }
                 let sub = Sub::new(self, key, None);
                 self.add_sub(&sub);
                 follow::after_launch(self, &sub, existing, follow, logs);
@@ -316,8 +330,12 @@ impl Connection {
             old.unfollow();
         }
         let sub = Sub::new(self, key.clone(), Some(job_id.clone()));
+        if !follow::start(self, &sub, job_id.clone(), p.logs, cursor) {
+            // The tracker's poller keeps one watch per job: one connection follows it at a time.
+            let message = format!("job {job_id} is followed by another connection");
+            return Err(RpcError::new(INVALID_PARAMS, message));
+        }
         self.add_sub(&sub);
-        follow::start(self, &sub, job_id.clone(), p.logs, cursor);
         Ok(json!({"job_id": job_id, "key": key}))
     }
 
@@ -413,10 +431,13 @@ impl Connection {
     /// Ends the connection's work: launches not yet in SubmitJob are dropped, those in it are
     /// let finish (and journaled); then the jobs are left, waited for, or stopped.
     async fn end(&self, mode: EndMode, timeout: Option<Duration>) {
-        self.ending.store(true, Ordering::Release);
         let launches: Vec<_> = self.launches.lock().expect("lock").drain(..).collect();
-        for launch in &launches {
-            launch.cancelled.store(true, Ordering::Release);
+        if mode != EndMode::Drain {
+            // Drain lets launches go on to their jobs' end; the others drop what is unsent.
+            self.ending.store(true, Ordering::Release);
+            for launch in &launches {
+                launch.cancelled.store(true, Ordering::Release);
+            }
         }
         let settle = async {
             for launch in &launches {
@@ -442,6 +463,7 @@ impl Connection {
             let limit = timeout.unwrap_or(Duration::from_secs(24 * 3600));
             let _ = tokio::time::timeout(limit, all_done).await;
         }
+        self.ending.store(true, Ordering::Release);
         for sub in &subs {
             sub.unfollow();
         }
