@@ -10,7 +10,7 @@
 //! follower `--grace` to deliver what was written; a line still missing then counts as lost.
 //!
 //! `cargo run --release --example follow_logs -- [--speedup 2] [--seconds 40] [--grace 30]
-//!  [--scenario 1k|10k|10k-idle|all] [--faults]`
+//!  [--scenario 1k|10k|10k-idle|all] [--faults] [--auto-only]`
 
 #[path = "../benches/support/mod.rs"]
 mod measure;
@@ -89,7 +89,12 @@ fn main() {
         "RSS MiB"
     );
     for (name, jobs, busy) in scenarios {
-        for mode in [LogMode::Auto, LogMode::PerStream] {
+        let modes: &[LogMode] = if args.iter().any(|a| a == "--auto-only") {
+            &[LogMode::Auto]
+        } else {
+            &[LogMode::Auto, LogMode::PerStream]
+        };
+        for &mode in modes {
             let report = run_scenario(jobs, busy, mode, speedup, seconds, grace, faults);
             println!(
                 "{name:<9} {:<10} {:>8.1} {:>8.1} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>6} {:>5} {:>8}",

@@ -47,6 +47,7 @@ pub mod local;
 pub mod metadata;
 pub mod retry;
 pub mod s3url;
+pub mod serve;
 pub mod settings;
 pub mod spec;
 pub mod stack;

@@ -50,6 +50,8 @@ pub enum Command {
     Configure(Box<super::configure_cmd::ConfigureArgs>),
     /// Check each piece a run needs (credentials, bucket, queue, roles, logs), with fixes.
     Doctor(super::doctor_cmd::DoctorArgs),
+    /// The daemon orchestrators drive: JSON-RPC on stdio, a unix socket or 127.0.0.1 (docs/serve-protocol.md).
+    Serve(super::serve_cmd::ServeArgs),
     /// Metaflow metadata: `sync` sends the records still in the local spool.
     Metadata {
         #[command(subcommand)]

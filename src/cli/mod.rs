@@ -17,6 +17,7 @@ mod prompt;
 mod render;
 mod report;
 mod run;
+mod serve_cmd;
 mod signals;
 mod stack_cmd;
 mod style;
@@ -66,6 +67,7 @@ pub fn main() -> ExitCode {
             Command::Configure(args) => configure_cmd::run(*args, global).await,
             Command::Doctor(args) => doctor_cmd::run(args, global).await,
             Command::List(args) => list_cmd::list(args, global).await,
+            Command::Serve(args) => serve_cmd::run(args).await,
         }
     });
     let code = match result {

@@ -5,6 +5,7 @@
 //! [`plan`] only reads from AWS (`--dry-run` stops there), [`stage`] uploads and registers what is
 //! missing (safe to abandon), and [`submit`] creates the job. [`execute`] is `stage` + `submit`.
 
+pub mod cache;
 pub mod container;
 pub mod environment;
 pub mod image;
@@ -31,7 +32,7 @@ use package::{Built, Manifest, SuffixFilter};
 use store::{PackageStore, S3Store, StoreError};
 use submit::SubmitRequest;
 
-pub use plan::{plan, Plan};
+pub use plan::{plan, plan_cached, Plan};
 
 /// Packages above this size slow every job start; say so.
 pub const LARGE_PACKAGE_BYTES: u64 = 100 * 1024 * 1024;

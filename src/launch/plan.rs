@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::cache::PlanCache;
 use super::environment::{self, StoredArrayArgs};
 use super::jobdef::{self, JobDefinition, NameValue, Platform, Registered};
 use super::package::sha256_hex;
@@ -47,16 +48,29 @@ pub struct Plan {
 
 /// Learns what exists (queue, package, definition) without changing anything.
 pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, LaunchError> {
+    plan_cached(clients, prepared, &PlanCache::default()).await
+}
+
+/// [`plan`], asking AWS only what `cache` does not already know.
+pub async fn plan_cached(
+    clients: &Clients,
+    prepared: &Prepared,
+    cache: &PlanCache,
+) -> Result<Plan, LaunchError> {
     let target = prepared.spec.batch().ok_or(LaunchError::NotBatch)?;
     let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
     let sha = &prepared.package.sha256;
     let definition_lookup = async {
-        let queue = queue::describe(&clients.batch, &target.queue)
-            .await?
-            .ok_or_else(|| LaunchError::QueueNotFound {
-                queue: target.queue.clone(),
-                region: clients.region().to_owned(),
-            })?;
+        let queue = match cache.queue(&target.queue) {
+            Some(queue) => queue,
+            None => queue::describe(&clients.batch, &target.queue)
+                .await?
+                .ok_or_else(|| LaunchError::QueueNotFound {
+                    queue: target.queue.clone(),
+                    region: clients.region().to_owned(),
+                })?,
+        };
+        cache.remember_queue(&target.queue, &queue);
         let platform = check_fits(&queue, target, &prepared.spec)?;
         check_scheduling(&queue, target, platform)?;
         let definition = JobDefinition::build(target, platform);
@@ -69,10 +83,19 @@ pub async fn plan(clients: &Clients, prepared: &Prepared) -> Result<Plan, Launch
             }
             .into());
         }
-        let existing = jobdef::find(&clients.batch, &definition).await?;
+        let existing = match cache.definition(&definition.job_definition_name) {
+            Some(known) => Some(known),
+            None => jobdef::find(&clients.batch, &definition).await?,
+        };
         Ok::<_, LaunchError>((queue, definition, existing))
     };
-    let (lookup, presence) = tokio::join!(definition_lookup, store.presence(sha));
+    let presence = async {
+        if cache.is_stored(&store.url(sha)) {
+            return Ok(Presence::Present);
+        }
+        store.presence(sha).await
+    };
+    let (lookup, presence) = tokio::join!(definition_lookup, presence);
     let (queue, definition, existing) = lookup?;
     let presence = presence?;
     let mut warnings = scheduling_warnings(&queue, target);

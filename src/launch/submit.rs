@@ -326,7 +326,7 @@ impl SubmitRequest {
     /// The job this request created, if any: a job of the same name in the queue, created
     /// since the first send, with this request's id. Looks a few times, as Batch lists a new job
     /// a moment late.
-    async fn find_sent(
+    pub async fn find_sent(
         &self,
         client: &aws_sdk_batch::Client,
         started_ms: i64,

@@ -197,7 +197,10 @@ impl FollowedJob<'_> {
     /// always per stream (they stop at the current end).
     fn batched(&self) -> bool {
         let config = &self.ctx.config;
+        // A consumer that gives credit (`serve`) is read per stream, where the credit gates
+        // each read; the sweeps read for every stream at once.
         !self.request.once
+            && self.request.log_credit.is_none()
             && match config.log_mode {
                 super::LogMode::PerStream => false,
                 super::LogMode::Batched => true,
@@ -304,6 +307,7 @@ impl FollowedJob<'_> {
                     start_time_ms: self.request.logs_since_ms,
                     end_nonce: snapshot.end_nonce.clone(),
                     started_at_ms: snapshot.started_at_ms,
+                    credit: self.request.log_credit.clone(),
                 };
                 if self.batched() {
                     followers.spawn(follow_batched(

@@ -37,6 +37,8 @@ pub struct StreamRef {
     pub end_nonce: Option<String>,
     /// When the job started (epoch ms): no line of the stream is older.
     pub started_at_ms: Option<i64>,
+    /// Waited for before each read (see [`super::credit`]).
+    pub credit: Option<Arc<super::LogCredit>>,
 }
 
 /// Why a follower stopped.
@@ -118,6 +120,9 @@ struct Follower {
 impl Follower {
     /// One GetLogEvents call; `Err` when following this stream is over.
     async fn read(&mut self) -> Result<Read, FollowEnd> {
+        if let Some(credit) = &self.stream.credit {
+            credit.ready().await;
+        }
         self.budget.acquire().await;
         let mut request = self
             .client

@@ -15,6 +15,7 @@
 
 pub mod array;
 mod budget;
+pub mod credit;
 mod job;
 pub mod list;
 pub mod logs;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use budget::RateBudget;
+pub use credit::LogCredit;
 pub use poller::{poll_interval, MAX_IDS_PER_CALL};
 
 use crate::aws::Clients;
@@ -178,6 +180,9 @@ pub enum TrackError {
     },
     #[error("job {job_id} waited in RUNNABLE longer than {waited:?} and was stopped")]
     RunnableTimeout { job_id: String, waited: Duration },
+    /// Following was stopped through [`JobHandle::abort_handle`] (the job runs on).
+    #[error("stopped following job {job_id}")]
+    Unfollowed { job_id: String },
 }
 
 impl TrackError {
@@ -186,6 +191,7 @@ impl TrackError {
             TrackError::NotFound { .. } => Some("check the job id and the region (AWS_REGION)".into()),
             TrackError::Aws { source, .. } => source.hint(),
             TrackError::StatusUnavailable { source, .. } => source.hint(),
+            TrackError::Unfollowed { .. } => None,
             TrackError::RunnableTimeout { .. } => Some(
                 "no compute environment of the queue can place the job: compare --cpu/--memory with its instance types and maxvCpus"
                     .into(),
@@ -211,6 +217,8 @@ pub struct FollowRequest {
     pub not_found_grace: Option<Duration>,
     /// The job is an array's parent: follow it as one thing ([`array`]).
     pub array: Option<array::ArrayFollow>,
+    /// Read logs only while this credit has room (a consumer that may fall behind).
+    pub log_credit: Option<Arc<LogCredit>>,
 }
 
 impl FollowRequest {
@@ -223,6 +231,7 @@ impl FollowRequest {
             without_logs: false,
             not_found_grace: None,
             array: None,
+            log_credit: None,
         }
     }
 }
@@ -428,10 +437,18 @@ impl JobHandle {
         self.events.as_mut()?.recv().await
     }
 
+    /// Stops following when aborted (the job itself runs on); `wait` then says so.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// Waits for the job to end and its logs to drain.
     pub async fn wait(self) -> Result<Outcome, TrackError> {
         match self.task.await {
             Ok(result) => result,
+            Err(join) if join.is_cancelled() => Err(TrackError::Unfollowed {
+                job_id: self.job_id,
+            }),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }

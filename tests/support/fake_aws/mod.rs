@@ -436,10 +436,22 @@ impl FakeAws {
     /// Appends lines to a log stream (created if missing), timestamped now, 1 ms apart.
     pub fn add_log_lines(&self, group: &str, stream: &str, lines: &[&str]) {
         let mut state = self.state();
+        // Each stream's own clock: now, but never before its last line (a global counter
+        // would run ahead of the wall clock by a millisecond per line across 10,000 streams).
+        let now = now_ms();
+        let mut last = state
+            .stream_mut(group, stream)
+            .events
+            .last()
+            .map_or(0, |e| e.0);
         let events: Vec<(i64, String)> = lines
             .iter()
-            .map(|l| (state.next_log_ms(), (*l).to_owned()))
+            .map(|l| {
+                last = now.max(last + 1);
+                (last, (*l).to_owned())
+            })
             .collect();
+        state.last_log_ms = state.last_log_ms.max(last);
         state.append(group, stream, events);
     }
 

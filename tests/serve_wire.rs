@@ -1,0 +1,359 @@
+//! `mfbatch serve --stdio` at the wire, against the fake AWS: bad input, one job per key (also
+//! across SIGKILL and restart), resume from a cursor, and the end of input / shutdown modes.
+
+#[path = "serve/client.rs"]
+#[allow(dead_code)]
+mod client;
+mod support;
+
+use std::time::Duration;
+
+use client::{of, Machine};
+use serde_json::{json, Value};
+use support::{FakeAws, JobStatus, Timeline};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn lines_job(lines: &[&str], running: usize) -> Timeline {
+    Timeline::new()
+        .status(JobStatus::Submitted, 1)
+        .running(running)
+        .logs(lines)
+        .succeeded()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_get_errors_and_the_daemon_serves_on() {
+    let fake = FakeAws::start().await;
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    let before = serve.call("ping", json!({})).await;
+    assert_eq!(before["error"]["code"], -32002, "{before}");
+    serve.hello(json!({})).await;
+    let big = format!("{{\"x\":\"{}\"}}\n", "a".repeat(2 * 1024 * 1024));
+    let cases: Vec<(Vec<u8>, i64)> = vec![
+        (b"{bad\n".to_vec(), -32700),
+        (b"[]\n".to_vec(), -32600),
+        (b"{}\n".to_vec(), -32600),
+        (b"\xff\xfe\n".to_vec(), -32700),
+        (big.into_bytes(), -32600),
+        (br#"{"jsonrpc":"2.0","id":"u","method":"nope"}"#.to_vec(), -32601),
+        (br#"{"jsonrpc":"2.0","id":"p","method":"follow","params":{"job_id":3}}"#.to_vec(), -32602),
+        (br#"{"jsonrpc":"2.0","id":"m","method":"launch","params":{"key":"k","script":"step.py","memory":"-5"}}"#.to_vec(), 1),
+    ];
+    for (line, code) in cases {
+        let mut line = line;
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        serve.send_raw(&line).await;
+        let answer = loop {
+            let line = serve.next(WAIT).await.expect("an answer");
+            if line.get("id").is_some() {
+                break line;
+            }
+        };
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        if code == 1 {
+            assert_eq!(answer["error"]["data"]["field"], "--memory");
+            assert!(answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--memory"));
+        }
+    }
+    serve.send_raw(b"\n").await;
+    let wrong = serve.call("hello", json!({"protocols": [99]})).await;
+    assert_eq!(wrong["error"]["data"]["supported"], json!([1]));
+    let ping = serve.call("ping", json!({})).await;
+    assert!(ping["result"]["t"].is_i64(), "{ping}");
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_per_key_and_a_conflicting_key_is_an_error() {
+    let fake = FakeAws::start().await;
+    fake.set_default_timeline(lines_job(&["one", "two"], 2));
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let launch = json!({"key": "flow/1/train/1/a0", "script": machine.script(), "cpu": "2"});
+    let first = serve.send("launch", launch.clone()).await;
+    let second = serve.send("launch", launch.clone()).await;
+    let (a, b) = (serve.answer(first).await, serve.answer(second).await);
+    let fresh = [&a, &b]
+        .iter()
+        .filter(|x| x["result"]["deduplicated"] == false)
+        .count();
+    assert_eq!(fresh, 1, "one launch, one deduplicated: {a} {b}");
+    let mut other = launch.clone();
+    other["cpu"] = json!("4");
+    let conflict = serve.call("launch", other).await;
+    assert_eq!(conflict["error"]["code"], 2, "{conflict}");
+    serve
+        .until(WAIT, |e| of(e, "flow/1/train/1/a0", "exited").len() == 1)
+        .await;
+    let submitted: Vec<Value> = of(&serve.events, "flow/1/train/1/a0", "submitted")
+        .into_iter()
+        .cloned()
+        .collect();
+    assert!(submitted
+        .iter()
+        .all(|s| s["job_id"] == submitted[0]["job_id"]));
+    // The key after the end: the same job, no second SubmitJob.
+    let mut no_follow = launch.clone();
+    no_follow["follow"] = json!(false);
+    let again = serve.call("launch", no_follow).await;
+    assert_eq!(again["result"]["job_id"], submitted[0]["job_id"], "{again}");
+    assert_eq!(fake.calls("SubmitJob"), 1);
+    let job = &fake.jobs()[0];
+    assert!(
+        job.name.ends_with(&sha_prefix("flow/1/train/1/a0")),
+        "{}",
+        job.name
+    );
+    assert_eq!(job.submit["tags"]["mfbatch.key"], "flow/1/train/1/a0");
+    // Order per job: submitted, then lines, then exited last, with the line count.
+    let mine: Vec<&Value> = serve
+        .events
+        .iter()
+        .filter(|e| e["job_id"] == submitted[0]["job_id"])
+        .collect();
+    assert_eq!(mine.last().unwrap()["event"], "exited");
+    let seqs: Vec<u64> = serve
+        .events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gaps: {seqs:?}"
+    );
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+fn sha_prefix(key: &str) -> String {
+    support::sha256_hex(key.as_bytes())[..12].to_owned()
+}
+
+fn lines_of(events: &[Value], key: &str) -> Vec<String> {
+    of(events, key, "log")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_launch_then_replay_makes_exactly_one_job_per_key() {
+    let fake = FakeAws::start().await;
+    // Some SubmitJob answers are lost after the job was made: the worst case for a resend.
+    fake.set_random_faults(0.0, 0.0, &[]);
+    let machine = Machine::new(&fake);
+    let keys: Vec<String> = (0..40).map(|i| format!("flow/7/step/{i}/a0")).collect();
+    let launch = |key: &str| json!({"key": key, "script": machine.script(), "follow": false});
+    for round in 0..3 {
+        let mut serve = machine.start(&["--submit-rate", "20"]);
+        serve.hello(json!({})).await;
+        if round == 1 {
+            fake.fail_next("SubmitJob", 3, support::Fault::ServerErrorAfterEffect);
+        }
+        for key in &keys {
+            serve.send("launch", launch(key)).await;
+        }
+        // Kill at a different point of the launches each round.
+        let target = [5, 17, 29][round];
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while fake.calls("SubmitJob") < target && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        serve.sigkill();
+        let _ = serve.child.wait().await;
+    }
+    let mut serve = machine.start(&[]);
+    let hello = serve.hello(json!({})).await;
+    assert!(
+        !hello["recovered"].as_array().unwrap().is_empty(),
+        "{hello}"
+    );
+    let mut ids = Vec::new();
+    for key in &keys {
+        ids.push(serve.send("launch", launch(key)).await);
+    }
+    for id in ids {
+        let answer = serve.answer(id).await;
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    serve
+        .until(WAIT, |e| {
+            e.iter().filter(|e| e["event"] == "submitted").count()
+                >= keys.len() - count_known(&hello, &keys)
+        })
+        .await;
+    let jobs = fake.jobs();
+    let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        jobs.len(),
+        keys.len(),
+        "one job per key (SubmitJob calls: {})",
+        fake.calls("SubmitJob")
+    );
+    assert_eq!(names.len(), keys.len());
+    // A status on each, and nothing left that was never submitted.
+    let status = serve.call("status", json!({})).await;
+    let known = status["result"]["jobs"].as_array().unwrap();
+    assert_eq!(
+        known.iter().filter(|j| j["job_id"].is_string()).count(),
+        keys.len()
+    );
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+fn count_known(hello: &Value, keys: &[String]) -> usize {
+    hello["recovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["job_id"].is_string() && keys.iter().any(|k| r["key"] == json!(k)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_resumes_logs_from_the_cursor() {
+    let fake = FakeAws::start().await;
+    let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+    let early: Vec<&str> = lines[..10].iter().map(String::as_str).collect();
+    let late: Vec<&str> = lines[10..].iter().map(String::as_str).collect();
+    fake.set_default_timeline(
+        Timeline::new()
+            .status(JobStatus::Submitted, 1)
+            .running(40)
+            .logs(&early)
+            .logs_after_reads(6, &late)
+            .succeeded(),
+    );
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    serve
+        .call("launch", json!({"key": "k", "script": machine.script()}))
+        .await;
+    serve.until(WAIT, |e| of(e, "k", "log").len() >= 4).await;
+    let seen = lines_of(&serve.events, "k");
+    let cursor = of(&serve.events, "k", "log").last().unwrap()["cursor"].clone();
+    let job_id = of(&serve.events, "k", "submitted")[0]["job_id"].clone();
+    serve.sigkill();
+    let _ = serve.child.wait().await;
+
+    let mut serve = machine.start(&[]);
+    let hello = serve.hello(json!({})).await;
+    assert_eq!(hello["recovered"][0]["job_id"], job_id, "{hello}");
+    let follow = serve
+        .call("follow", json!({"job_id": job_id, "cursor": cursor}))
+        .await;
+    assert_eq!(follow["result"]["key"], "k", "{follow}");
+    serve
+        .until(WAIT, |e| !of(e, "k", "exited").is_empty())
+        .await;
+    let mut all = seen.clone();
+    all.extend(lines_of(&serve.events, "k"));
+    assert_eq!(all, lines, "every line once, in order (cursor {cursor})");
+    let exited = &of(&serve.events, "k", "exited")[0];
+    assert_eq!(exited["log_lines"]["1"], 30, "{exited}");
+    assert_eq!(
+        fake.calls("SubmitJob"),
+        1,
+        "the daemon never submits on its own"
+    );
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_input_detaches_or_kills_as_asked_and_shutdown_drains() {
+    let fake = FakeAws::start().await;
+    let long = || {
+        Timeline::new()
+            .status(JobStatus::Submitted, 1)
+            .running(100_000)
+            .succeeded()
+    };
+    fake.set_default_timeline(long());
+    let machine = Machine::new(&fake);
+    let running = |serve: &client::Serve, key: &str| {
+        serve
+            .events
+            .iter()
+            .any(|e| e["key"] == json!(key) && e["status"] == "RUNNING")
+    };
+    // Detach (the default): the job runs on, nothing is stopped.
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    serve
+        .call("launch", json!({"key": "a", "script": machine.script()}))
+        .await;
+    serve
+        .until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["key"] == "a" && e["status"] == "RUNNING")
+        })
+        .await;
+    assert!(running(&serve, "a"));
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+    assert_eq!(fake.calls("TerminateJob"), 0);
+    // on_eof kill: the connection's job is stopped, and its end is reported before exiting.
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({"on_eof": "kill"})).await;
+    serve
+        .call("launch", json!({"key": "b", "script": machine.script()}))
+        .await;
+    serve
+        .until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["key"] == "b" && e["status"] == "RUNNING")
+        })
+        .await;
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+    assert_eq!(fake.calls("TerminateJob"), 1);
+    assert_eq!(
+        of(&serve.events, "b", "exited").len(),
+        1,
+        "killed, and its end reported"
+    );
+    // shutdown drain: waits for the job's end; SIGTERM-free, stdin still open.
+    fake.set_default_timeline(lines_job(&["x"], 2));
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    serve
+        .call("launch", json!({"key": "c", "script": machine.script()}))
+        .await;
+    let answer = serve.call("shutdown", json!({"mode": "drain"})).await;
+    assert_eq!(answer["result"]["mode"], "drain");
+    assert_eq!(
+        of(&serve.events, "c", "exited").len(),
+        1,
+        "drained before the answer"
+    );
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+    // SIGTERM: detach, write what is queued, exit 0.
+    fake.set_default_timeline(long());
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    serve
+        .call("launch", json!({"key": "d", "script": machine.script()}))
+        .await;
+    serve
+        .until(WAIT, |e| !of(e, "d", "submitted").is_empty())
+        .await;
+    unsafe { libc::kill(serve.pid(), libc::SIGTERM) };
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+    assert_eq!(fake.calls("TerminateJob"), 1, "SIGTERM stops no job");
+    assert_eq!(fake.calls("SubmitJob"), 4);
+}
