@@ -1156,11 +1156,6 @@ impl State {
             .map(|q| q.arn.clone());
         let filters = body["filters"].as_array().cloned().unwrap_or_default();
         let status = body["jobStatus"].as_str().unwrap_or("RUNNING");
-        let start: usize = body["nextToken"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let max = body["maxResults"].as_u64().unwrap_or(100).clamp(1, 1000) as usize;
         let matching: Vec<&Job> = self
             .job_order
             .iter()
@@ -1186,16 +1181,27 @@ impl State {
                 })
             })
             .collect();
-        let page: Vec<Value> = matching
-            .iter()
-            .skip(start)
-            .take(max)
-            .map(|j| j.summary())
-            .collect();
-        let mut out = json!({ "jobSummaryList": page });
-        if start + max < matching.len() {
-            out["nextToken"] = json!((start + max).to_string());
-        }
-        ok(out)
+        summaries_page(&matching, body, 1000)
     }
+}
+
+/// One ListJobs page of `matching`: `nextToken` is the offset, `maxResults` (default 100) at most
+/// `limit` per page, as each kind of ListJobs allows.
+pub(super) fn summaries_page(matching: &[&Job], body: &Value, limit: u64) -> ResponseTemplate {
+    let start: usize = body["nextToken"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let max = body["maxResults"].as_u64().unwrap_or(100).clamp(1, limit) as usize;
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(max)
+        .map(|j| j.summary())
+        .collect();
+    let mut out = json!({ "jobSummaryList": page });
+    if start + max < matching.len() {
+        out["nextToken"] = json!((start + max).to_string());
+    }
+    ok(out)
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::{json, Value};
 use wiremock::ResponseTemplate;
 
-use super::{client_error, ok, Job, JobStatus, State, Timeline};
+use super::{client_error, ok, summaries_page, Job, JobStatus, State, Timeline};
 
 /// How the next array job (the next SubmitJob with `arrayProperties`) behaves.
 #[derive(Debug, Clone, Default)]
@@ -235,28 +235,13 @@ impl State {
             return client_error(&format!("{parent_id} is not an array job"));
         };
         let status = body["jobStatus"].as_str().unwrap_or("RUNNING");
-        let start: usize = body["nextToken"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let max = body["maxResults"].as_u64().unwrap_or(100).clamp(1, 100) as usize;
         let matching: Vec<&Job> = array
             .children
             .iter()
             .map(|id| &self.jobs[id])
             .filter(|j| j.status.as_str() == status)
             .collect();
-        let page: Vec<Value> = matching
-            .iter()
-            .skip(start)
-            .take(max)
-            .map(|j| j.summary())
-            .collect();
-        let mut out = json!({ "jobSummaryList": page });
-        if start + max < matching.len() {
-            out["nextToken"] = json!((start + max).to_string());
-        }
-        ok(out)
+        summaries_page(&matching, body, 100)
     }
 
     /// When (epoch ms) each failed child of `parent_id` was first seen FAILED.
