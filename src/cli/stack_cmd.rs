@@ -65,49 +65,7 @@ pub async fn run(args: StackArgs, global: Global) -> Result<u8, Failure> {
             let _ = out.flush();
             Ok(exit::SUCCESS)
         }
-        StackArgs::Deploy { name, params } => {
-            // Checked before the first AWS call.
-            let params = stack::parse_parameters(&params).map_err(|e| {
-                let hint = e.hint();
-                Failure::new(e, hint, exit::USAGE)
-            })?;
-            let clients = clients().await?;
-            let view = EventView::new(global);
-            let result = stack::deploy(
-                &clients,
-                &name,
-                &params,
-                PollOptions::default(),
-                &view.sink(),
-            )
-            .await;
-            view.finish();
-            let deployed = result?;
-            if global.output == Output::Json {
-                print_json(
-                    &serde_json::json!({"event": "deployed", "change": deployed.change, "stack": deployed.stack}),
-                );
-            } else {
-                let verb = match deployed.change {
-                    stack::Change::Created => "created",
-                    stack::Change::Updated => "updated",
-                    stack::Change::Unchanged => "already up to date",
-                };
-                if !global.quiet {
-                    eprintln!("Stack {name} {verb} ({}).", deployed.stack.status);
-                }
-                print_outputs(&deployed.stack);
-                if !global.quiet {
-                    eprintln!(
-                        "{}",
-                        global.style.dim(&format!(
-                            "Next: mfbatch configure --from-stack {name}, then mfbatch doctor"
-                        ))
-                    );
-                }
-            }
-            Ok(exit::SUCCESS)
-        }
+        StackArgs::Deploy { name, params } => deploy(&name, &params, global).await,
         StackArgs::Status { name } => {
             let clients = clients().await?;
             let info = stack::require(&clients, &name).await?;
@@ -122,36 +80,82 @@ pub async fn run(args: StackArgs, global: Global) -> Result<u8, Failure> {
             }
             Ok(exit::SUCCESS)
         }
-        StackArgs::Delete { name, yes } => {
-            let clients = clients().await?;
-            let info = stack::require(&clients, &name).await?;
-            let kept = info
-                .bucket()
-                .map(|b| format!("; the bucket {b} and its data are kept"))
-                .unwrap_or_default();
-            if !prompt::confirm(&format!("Delete stack {name}{kept}?"), yes)? {
-                eprintln!("Nothing was deleted.");
-                return Ok(exit::FAILURE);
-            }
-            let view = EventView::new(global);
-            let result = stack::delete(&clients, &name, PollOptions::default(), &view.sink()).await;
-            view.finish();
-            let deleted = result?;
-            if global.output == Output::Json {
-                print_json(
-                    &serde_json::json!({"event": "deleted", "stack": deleted.stack, "retained_bucket": deleted.retained_bucket}),
-                );
-            } else {
-                eprintln!("Stack {name} deleted.");
-                if let Some(bucket) = deleted.retained_bucket {
-                    eprintln!(
-                        "The bucket {bucket} was kept, with its data (DeletionPolicy: Retain). Delete it yourself when you no longer need it: aws s3 rb s3://{bucket} --force"
-                    );
-                }
-            }
-            Ok(exit::SUCCESS)
-        }
+        StackArgs::Delete { name, yes } => delete(&name, yes, global).await,
     }
+}
+
+async fn deploy(name: &str, params: &[String], global: Global) -> Result<u8, Failure> {
+    // Checked before the first AWS call.
+    let params = stack::parse_parameters(params).map_err(|e| {
+        let hint = e.hint();
+        Failure::new(e, hint, exit::USAGE)
+    })?;
+    let clients = clients().await?;
+    let view = EventView::new(global);
+    let result = stack::deploy(
+        &clients,
+        name,
+        &params,
+        PollOptions::default(),
+        &view.sink(),
+    )
+    .await;
+    view.finish();
+    let deployed = result?;
+    if global.output == Output::Json {
+        print_json(
+            &serde_json::json!({"event": "deployed", "change": deployed.change, "stack": deployed.stack}),
+        );
+        return Ok(exit::SUCCESS);
+    }
+    let verb = match deployed.change {
+        stack::Change::Created => "created",
+        stack::Change::Updated => "updated",
+        stack::Change::Unchanged => "already up to date",
+    };
+    if !global.quiet {
+        eprintln!("Stack {name} {verb} ({}).", deployed.stack.status);
+    }
+    print_outputs(&deployed.stack);
+    if !global.quiet {
+        eprintln!(
+            "{}",
+            global.style.dim(&format!(
+                "Next: mfbatch configure --from-stack {name}, then mfbatch doctor"
+            ))
+        );
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn delete(name: &str, yes: bool, global: Global) -> Result<u8, Failure> {
+    let clients = clients().await?;
+    let info = stack::require(&clients, name).await?;
+    let kept = info
+        .bucket()
+        .map(|b| format!("; the bucket {b} and its data are kept"))
+        .unwrap_or_default();
+    if !prompt::confirm(&format!("Delete stack {name}{kept}?"), yes)? {
+        eprintln!("Nothing was deleted.");
+        return Ok(exit::FAILURE);
+    }
+    let view = EventView::new(global);
+    let result = stack::delete(&clients, name, PollOptions::default(), &view.sink()).await;
+    view.finish();
+    let deleted = result?;
+    if global.output == Output::Json {
+        print_json(
+            &serde_json::json!({"event": "deleted", "stack": deleted.stack, "retained_bucket": deleted.retained_bucket}),
+        );
+        return Ok(exit::SUCCESS);
+    }
+    eprintln!("Stack {name} deleted.");
+    if let Some(bucket) = deleted.retained_bucket {
+        eprintln!(
+            "The bucket {bucket} was kept, with its data (DeletionPolicy: Retain). Delete it yourself when you no longer need it: aws s3 rb s3://{bucket} --force"
+        );
+    }
+    Ok(exit::SUCCESS)
 }
 
 async fn clients() -> Result<Clients, Failure> {

@@ -1,5 +1,6 @@
 //! The doctor's AWS checks, one function per piece, each turning what AWS answers into a [`Check`].
 
+use aws_sdk_batch::types::{ComputeEnvironmentDetail, ComputeResource};
 use aws_sdk_s3::primitives::ByteStream;
 
 use super::Check;
@@ -108,32 +109,7 @@ pub(super) async fn bucket(clients: &Clients, root: &str, sse: Option<&str>) -> 
     if let Some(sse) = sse {
         put = put.server_side_encryption(sse.into());
     }
-    let fail = |call: &'static str, err: AwsError| {
-        let missing_bucket = err.code.as_deref() == Some("NoSuchBucket");
-        if missing_bucket {
-            return Check::fail(
-                NAME,
-                format!("bucket {} does not exist", url.bucket),
-                Some(format!(
-                    "create it (or deploy the stack: `mfbatch stack deploy NAME`), or point METAFLOW_DATASTORE_SYSROOT_S3 at an existing bucket (region {})",
-                    clients.region()
-                )),
-            );
-        }
-        let mut check = Check::fail(
-            NAME,
-            format!("{call} of s3://{}/{key} failed: {err}", url.bucket),
-            err.hint(),
-        );
-        if err.kind == AwsErrorKind::AccessDenied {
-            check.fix = Some(format!(
-                "allow the identity {} on arn:aws:s3:::{}/*",
-                crate::error::iam_permission(Service::S3, call),
-                url.bucket
-            ));
-        }
-        check
-    };
+    let fail = |call, err| bucket_failure(clients, &url, &key, call, err);
     if let Err(e) = put.send().await {
         return fail("PutObject", AwsError::from_sdk(Service::S3, "PutObject", e));
     }
@@ -179,6 +155,40 @@ pub(super) async fn bucket(clients: &Clients, root: &str, sse: Option<&str>) -> 
         );
     }
     Check::pass(NAME, format!("put, read and deleted a probe under {root}"))
+}
+
+/// The bucket check's failure for a failed S3 call: a missing bucket, or the call and what to allow.
+fn bucket_failure(
+    clients: &Clients,
+    url: &S3Url,
+    key: &str,
+    call: &'static str,
+    err: AwsError,
+) -> Check {
+    const NAME: &str = "bucket";
+    if err.code.as_deref() == Some("NoSuchBucket") {
+        return Check::fail(
+            NAME,
+            format!("bucket {} does not exist", url.bucket),
+            Some(format!(
+                "create it (or deploy the stack: `mfbatch stack deploy NAME`), or point METAFLOW_DATASTORE_SYSROOT_S3 at an existing bucket (region {})",
+                clients.region()
+            )),
+        );
+    }
+    let mut check = Check::fail(
+        NAME,
+        format!("{call} of s3://{}/{key} failed: {err}", url.bucket),
+        err.hint(),
+    );
+    if err.kind == AwsErrorKind::AccessDenied {
+        check.fix = Some(format!(
+            "allow the identity {} on arn:aws:s3:::{}/*",
+            crate::error::iam_permission(Service::S3, call),
+            url.bucket
+        ));
+    }
+    check
 }
 
 /// What the doctor learned about the queue, for the checks after it.
@@ -297,43 +307,13 @@ async fn compute_environments_check(
                 .is_some_and(|t| t.as_str().starts_with("FARGATE"))
         });
     let mut names = Vec::new();
-    let mut largest: Option<i32> = None;
-    let mut unlimited = false;
+    let mut capacity = Capacity::default();
     for ce in out.compute_environments() {
-        let name = ce.compute_environment_name().unwrap_or("?");
-        let state = ce.state().map(|s| s.as_str()).unwrap_or("?");
-        let status = ce.status().map(|s| s.as_str()).unwrap_or("?");
-        if state != "ENABLED" {
-            return Check::fail(
-                NAME,
-                format!("compute environment {name} is {state}"),
-                Some(format!(
-                    "aws batch update-compute-environment --compute-environment {name} --state ENABLED"
-                )),
-            );
+        match usable_environment(ce) {
+            Ok(name) => names.push(name),
+            Err(check) => return check,
         }
-        if status != "VALID" {
-            return Check::fail(
-                NAME,
-                format!(
-                    "compute environment {name} is {status}{}",
-                    ce.status_reason()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ),
-                Some("fix the reason above (often the instance role, subnets or service role), then update the environment".into()),
-            );
-        }
-        match ce.compute_resources() {
-            Some(r) => {
-                largest = largest.max(r.maxv_cpus());
-                if r.maxv_cpus().is_none() {
-                    unlimited = true;
-                }
-            }
-            None => unlimited = true, // unmanaged: Batch reports no limit
-        }
-        names.push(name.to_owned());
+        capacity.add(ce.compute_resources());
     }
     if names.len() < queue.compute_environments.len() {
         return Check::fail(
@@ -347,19 +327,17 @@ async fn compute_environments_check(
         );
     }
     let wanted = resources.vcpu.get();
-    if let (false, Some(max)) = (unlimited, largest) {
-        if f64::from(max) < wanted {
-            return Check::fail(
-                NAME,
-                format!(
-                    "no compute environment of {} can reach {wanted} vCPUs (the largest maxvCpus is {max})",
-                    queue.name
-                ),
-                Some("raise maxvCpus (the stack's MaxVCpus parameter) or ask for fewer with --cpu".into()),
-            );
-        }
+    if let Some(max) = capacity.too_small_for(wanted) {
+        return Check::fail(
+            NAME,
+            format!(
+                "no compute environment of {} can reach {wanted} vCPUs (the largest maxvCpus is {max})",
+                queue.name
+            ),
+            Some("raise maxvCpus (the stack's MaxVCpus parameter) or ask for fewer with --cpu".into()),
+        );
     }
-    let room = match largest {
+    let room = match capacity.largest {
         Some(max) => format!(", up to {max} vCPUs"),
         None => String::new(),
     };
@@ -371,6 +349,59 @@ async fn compute_environments_check(
             resources.memory.get()
         ),
     )
+}
+
+/// The environment's name when it takes jobs (ENABLED and VALID), else the failed check.
+fn usable_environment(ce: &ComputeEnvironmentDetail) -> Result<String, Check> {
+    const NAME: &str = "compute environments";
+    let name = ce.compute_environment_name().unwrap_or("?");
+    let state = ce.state().map(|s| s.as_str()).unwrap_or("?");
+    let status = ce.status().map(|s| s.as_str()).unwrap_or("?");
+    if state != "ENABLED" {
+        return Err(Check::fail(
+            NAME,
+            format!("compute environment {name} is {state}"),
+            Some(format!(
+                "aws batch update-compute-environment --compute-environment {name} --state ENABLED"
+            )),
+        ));
+    }
+    if status != "VALID" {
+        return Err(Check::fail(
+            NAME,
+            format!(
+                "compute environment {name} is {status}{}",
+                ce.status_reason()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            Some("fix the reason above (often the instance role, subnets or service role), then update the environment".into()),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The most vCPUs any of a queue's environments can reach.
+#[derive(Default)]
+struct Capacity {
+    largest: Option<i32>,
+    /// An environment without a limit (unmanaged, or no maxvCpus reported).
+    unlimited: bool,
+}
+
+impl Capacity {
+    fn add(&mut self, resources: Option<&ComputeResource>) {
+        match resources.map(|r| r.maxv_cpus()) {
+            Some(Some(max)) => self.largest = self.largest.max(Some(max)),
+            Some(None) | None => self.unlimited = true,
+        }
+    }
+
+    /// The largest maxvCpus, when no environment can reach `wanted` vCPUs.
+    fn too_small_for(&self, wanted: f64) -> Option<i32> {
+        self.largest
+            .filter(|&max| !self.unlimited && f64::from(max) < wanted)
+    }
 }
 
 /// The role exists and ECS tasks may assume it.

@@ -277,36 +277,7 @@ pub fn apply(
     mut props: sdk::builders::ContainerPropertiesBuilder,
 ) -> sdk::builders::ContainerPropertiesBuilder {
     if let Some(l) = &extras.linux_parameters {
-        let mut lp = sdk::LinuxParameters::builder()
-            .set_shared_memory_size(l.shared_memory_size.map(|v| v as i32))
-            .set_max_swap(l.max_swap.map(|v| v as i32))
-            .set_swappiness(l.swappiness.map(i32::from))
-            .set_init_process_enabled(l.init_process_enabled.then_some(true));
-        for t in &l.tmpfs {
-            lp = lp.tmpfs(
-                sdk::Tmpfs::builder()
-                    .container_path(&t.container_path)
-                    .size(t.size as i32)
-                    .set_mount_options(
-                        (!t.mount_options.is_empty()).then(|| t.mount_options.clone()),
-                    )
-                    .build(),
-            );
-        }
-        for d in &l.devices {
-            let permissions = d
-                .permissions
-                .iter()
-                .map(|p| sdk::DeviceCgroupPermission::from(p.as_str()));
-            lp = lp.devices(
-                sdk::Device::builder()
-                    .host_path(&d.host_path)
-                    .container_path(&d.container_path)
-                    .set_permissions(Some(permissions.collect()))
-                    .build(),
-            );
-        }
-        props = props.linux_parameters(lp.build());
+        props = props.linux_parameters(sdk_linux_parameters(l));
     }
     for u in &extras.ulimits {
         props = props.ulimits(
@@ -337,13 +308,7 @@ pub fn apply(
         props = props.secrets(secret);
     }
     if let Some(log) = &extras.log_configuration {
-        let config = sdk::LogConfiguration::builder()
-            .log_driver(sdk::LogDriver::from(log.log_driver.as_str()))
-            .set_options(
-                (!log.options.is_empty()).then(|| log.options.clone().into_iter().collect()),
-            )
-            .build();
-        props = props.log_configuration(config);
+        props = props.log_configuration(sdk_log_configuration(log));
     }
     if let Some(storage) = &extras.ephemeral_storage {
         let storage = sdk::EphemeralStorage::builder()
@@ -354,6 +319,44 @@ pub fn apply(
     props
         .set_privileged(extras.privileged.then_some(true))
         .set_user(extras.user.clone())
+}
+
+fn sdk_linux_parameters(l: &LinuxParameters) -> sdk::LinuxParameters {
+    let mut lp = sdk::LinuxParameters::builder()
+        .set_shared_memory_size(l.shared_memory_size.map(|v| v as i32))
+        .set_max_swap(l.max_swap.map(|v| v as i32))
+        .set_swappiness(l.swappiness.map(i32::from))
+        .set_init_process_enabled(l.init_process_enabled.then_some(true));
+    for t in &l.tmpfs {
+        lp = lp.tmpfs(
+            sdk::Tmpfs::builder()
+                .container_path(&t.container_path)
+                .size(t.size as i32)
+                .set_mount_options((!t.mount_options.is_empty()).then(|| t.mount_options.clone()))
+                .build(),
+        );
+    }
+    for d in &l.devices {
+        let permissions = d
+            .permissions
+            .iter()
+            .map(|p| sdk::DeviceCgroupPermission::from(p.as_str()));
+        lp = lp.devices(
+            sdk::Device::builder()
+                .host_path(&d.host_path)
+                .container_path(&d.container_path)
+                .set_permissions(Some(permissions.collect()))
+                .build(),
+        );
+    }
+    lp.build()
+}
+
+fn sdk_log_configuration(log: &LogConfiguration) -> sdk::LogConfiguration {
+    sdk::LogConfiguration::builder()
+        .log_driver(sdk::LogDriver::from(log.log_driver.as_str()))
+        .set_options((!log.options.is_empty()).then(|| log.options.clone().into_iter().collect()))
+        .build()
 }
 
 fn sdk_volume(v: &Volume) -> sdk::Volume {
@@ -387,34 +390,7 @@ fn sdk_volume(v: &Volume) -> sdk::Volume {
 /// What a registered revision sets of the extras, in our canonical form: equal to ours exactly
 /// when it is the same (a revision with anything more differs).
 pub fn from_sdk(p: &sdk::ContainerProperties) -> ContainerExtras {
-    let linux = p.linux_parameters().map(|l| LinuxParameters {
-        shared_memory_size: l.shared_memory_size().map(|v| v as u32),
-        tmpfs: l
-            .tmpfs()
-            .iter()
-            .map(|t| TmpfsJson {
-                container_path: t.container_path().unwrap_or_default().to_owned(),
-                size: t.size().unwrap_or_default() as u32,
-                mount_options: t.mount_options().to_vec(),
-            })
-            .collect(),
-        max_swap: l.max_swap().map(|v| v as u32),
-        swappiness: l.swappiness().map(|v| v.clamp(0, 255) as u8),
-        devices: l
-            .devices()
-            .iter()
-            .map(|d| Device {
-                host_path: d.host_path().unwrap_or_default().to_owned(),
-                container_path: d.container_path().unwrap_or_default().to_owned(),
-                permissions: d
-                    .permissions()
-                    .iter()
-                    .map(|p| p.as_str().to_owned())
-                    .collect(),
-            })
-            .collect(),
-        init_process_enabled: l.init_process_enabled() == Some(true),
-    });
+    let linux = p.linux_parameters().map(linux_from_sdk);
     let mut extras = ContainerExtras {
         linux_parameters: linux.filter(|l| *l != LinuxParameters::default()),
         ulimits: p
@@ -446,41 +422,82 @@ pub fn from_sdk(p: &sdk::ContainerProperties) -> ContainerExtras {
                 value_from: s.value_from().unwrap_or_default().to_owned(),
             })
             .collect(),
-        log_configuration: p.log_configuration().map(|l| LogConfiguration {
-            // Secret options are never ours: a driver name no one uses makes it differ.
-            log_driver: if l.secret_options().is_empty() {
-                l.log_driver()
-                    .map(|d| d.as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            } else {
-                "(with secret options)".to_owned()
-            },
-            options: l
-                .options()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        }),
+        log_configuration: p.log_configuration().map(log_from_sdk),
         ephemeral_storage: p.ephemeral_storage().map(|e| EphemeralStorage {
             size_in_gib: e.size_in_gib().unwrap_or_default() as u32,
         }),
     };
     // Batch may answer lists in any order.
-    if let Some(l) = &mut extras.linux_parameters {
-        l.tmpfs
+    extras.sort_lists();
+    extras
+}
+
+impl ContainerExtras {
+    /// Puts every list in the canonical order (the same options in any order hash the same).
+    fn sort_lists(&mut self) {
+        if let Some(l) = &mut self.linux_parameters {
+            l.tmpfs
+                .sort_by(|a, b| a.container_path.cmp(&b.container_path));
+            l.devices
+                .sort_by(|a, b| a.container_path.cmp(&b.container_path));
+        }
+        self.ulimits.sort_by(|a, b| a.name.cmp(&b.name));
+        self.volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.mount_points
             .sort_by(|a, b| a.container_path.cmp(&b.container_path));
-        l.devices
-            .sort_by(|a, b| a.container_path.cmp(&b.container_path));
+        self.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    extras.ulimits.sort_by(|a, b| a.name.cmp(&b.name));
-    extras.volumes.sort_by(|a, b| a.name.cmp(&b.name));
-    extras
-        .mount_points
-        .sort_by(|a, b| a.container_path.cmp(&b.container_path));
-    extras.secrets.sort_by(|a, b| a.name.cmp(&b.name));
-    extras
+}
+
+fn linux_from_sdk(l: &sdk::LinuxParameters) -> LinuxParameters {
+    LinuxParameters {
+        shared_memory_size: l.shared_memory_size().map(|v| v as u32),
+        tmpfs: l
+            .tmpfs()
+            .iter()
+            .map(|t| TmpfsJson {
+                container_path: t.container_path().unwrap_or_default().to_owned(),
+                size: t.size().unwrap_or_default() as u32,
+                mount_options: t.mount_options().to_vec(),
+            })
+            .collect(),
+        max_swap: l.max_swap().map(|v| v as u32),
+        swappiness: l.swappiness().map(|v| v.clamp(0, 255) as u8),
+        devices: l
+            .devices()
+            .iter()
+            .map(|d| Device {
+                host_path: d.host_path().unwrap_or_default().to_owned(),
+                container_path: d.container_path().unwrap_or_default().to_owned(),
+                permissions: d
+                    .permissions()
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+            })
+            .collect(),
+        init_process_enabled: l.init_process_enabled() == Some(true),
+    }
+}
+
+fn log_from_sdk(l: &sdk::LogConfiguration) -> LogConfiguration {
+    LogConfiguration {
+        // Secret options are never ours: a driver name no one uses makes it differ.
+        log_driver: if l.secret_options().is_empty() {
+            l.log_driver()
+                .map(|d| d.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            "(with secret options)".to_owned()
+        },
+        options: l
+            .options()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
 }
 
 fn volume_from_sdk(v: &sdk::Volume) -> Volume {

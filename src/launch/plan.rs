@@ -60,42 +60,16 @@ pub async fn plan_cached(
     let target = prepared.spec.batch().ok_or(LaunchError::NotBatch)?;
     let store = S3Store::new(clients.s3.clone(), target.datastore_root.clone());
     let sha = &prepared.package.sha256;
-    let definition_lookup = async {
-        let queue = match cache.queue(&target.queue) {
-            Some(queue) => queue,
-            None => queue::describe(&clients.batch, &target.queue)
-                .await?
-                .ok_or_else(|| LaunchError::QueueNotFound {
-                    queue: target.queue.clone(),
-                    region: clients.region().to_owned(),
-                })?,
-        };
-        cache.remember_queue(&target.queue, &queue);
-        let platform = check_fits(&queue, target, &prepared.spec)?;
-        check_scheduling(&queue, target, platform)?;
-        let definition = JobDefinition::build(target, platform);
-        let size = definition.json_len();
-        if size > MAX_DEFINITION_BYTES {
-            return Err(ConfigError::OverLimit {
-                what: "the job definition in bytes".into(),
-                actual: size,
-                limit: MAX_DEFINITION_BYTES,
-            }
-            .into());
-        }
-        let existing = match cache.definition(&definition.job_definition_name) {
-            Some(known) => Some(known),
-            None => jobdef::find(&clients.batch, &definition).await?,
-        };
-        Ok::<_, LaunchError>((queue, definition, existing))
-    };
     let presence = async {
         if cache.is_stored(&store.url(sha)) {
             return Ok(Presence::Present);
         }
         store.presence(sha).await
     };
-    let (lookup, presence) = tokio::join!(definition_lookup, presence);
+    let (lookup, presence) = tokio::join!(
+        queue_and_definition(clients, target, &prepared.spec, cache),
+        presence
+    );
     let (queue, definition, existing) = lookup?;
     let presence = presence?;
     let mut warnings = scheduling_warnings(&queue, target);
@@ -108,18 +82,7 @@ pub async fn plan_cached(
         });
     }
     let package_url = store.url(sha);
-    let array_args = target
-        .scheduling
-        .array
-        .as_ref()
-        .and_then(|a| a.args.as_ref())
-        .map(|args| {
-            let sha256 = sha256_hex(&args.bytes);
-            StoredArrayArgs {
-                url: store.array_args_url(&sha256),
-                sha256,
-            }
-        });
+    let array_args = stored_array_args(target, &store);
     let definition_ref = existing
         .as_ref()
         .map(|e| e.arn.clone())
@@ -148,6 +111,53 @@ pub async fn plan_cached(
         submit_job,
         array_args,
         warnings,
+    })
+}
+
+/// The queue (checked to take this job), the definition the job needs, and an ACTIVE one with
+/// the same content when there is one.
+async fn queue_and_definition(
+    clients: &Clients,
+    target: &BatchTarget,
+    spec: &JobSpec,
+    cache: &PlanCache,
+) -> Result<(QueueInfo, JobDefinition, Option<Registered>), LaunchError> {
+    let queue = match cache.queue(&target.queue) {
+        Some(queue) => queue,
+        None => queue::describe(&clients.batch, &target.queue)
+            .await?
+            .ok_or_else(|| LaunchError::QueueNotFound {
+                queue: target.queue.clone(),
+                region: clients.region().to_owned(),
+            })?,
+    };
+    cache.remember_queue(&target.queue, &queue);
+    let platform = check_fits(&queue, target, spec)?;
+    check_scheduling(&queue, target, platform)?;
+    let definition = JobDefinition::build(target, platform);
+    let size = definition.json_len();
+    if size > MAX_DEFINITION_BYTES {
+        return Err(ConfigError::OverLimit {
+            what: "the job definition in bytes".into(),
+            actual: size,
+            limit: MAX_DEFINITION_BYTES,
+        }
+        .into());
+    }
+    let existing = match cache.definition(&definition.job_definition_name) {
+        Some(known) => Some(known),
+        None => jobdef::find(&clients.batch, &definition).await?,
+    };
+    Ok((queue, definition, existing))
+}
+
+/// Where the `--array-args` file is stored (content-addressed, beside the packages).
+fn stored_array_args(target: &BatchTarget, store: &S3Store) -> Option<StoredArrayArgs> {
+    let args = target.scheduling.array.as_ref()?.args.as_ref()?;
+    let sha256 = sha256_hex(&args.bytes);
+    Some(StoredArrayArgs {
+        url: store.array_args_url(&sha256),
+        sha256,
     })
 }
 

@@ -272,13 +272,6 @@ pub async fn deploy(
     events: &EventSink,
 ) -> Result<Deployed, StackError> {
     let existing = describe(clients, name).await?;
-    let cfn = &clients.cloudformation;
-    let given = |key: &str, value: &str| {
-        Parameter::builder()
-            .parameter_key(key)
-            .parameter_value(value)
-            .build()
-    };
     let (change, seen) = match existing {
         // A stack that never got created behaves like none.
         Some(stack) if stack.status == "REVIEW_IN_PROGRESS" => (Change::Created, HashSet::new()),
@@ -295,45 +288,22 @@ pub async fn deploy(
             })
         }
         Some(stack) => {
+            // Events before the update are the last deploy's, not this one's.
             let seen = event_ids(clients, name).await?;
-            let mut list: Vec<Parameter> = parameters.iter().map(|(k, v)| given(k, v)).collect();
-            for key in stack.parameters.keys() {
-                if !parameters.contains_key(key) {
-                    list.push(
-                        Parameter::builder()
-                            .parameter_key(key)
-                            .use_previous_value(true)
-                            .build(),
-                    );
-                }
+            if !send_update(clients, name, &stack, parameters).await? {
+                return Ok(Deployed {
+                    change: Change::Unchanged,
+                    stack,
+                });
             }
-            let sent = cfn
-                .update_stack()
-                .stack_name(name)
-                .template_body(template::TEMPLATE)
-                .capabilities(Capability::CapabilityIam)
-                .set_parameters(Some(list))
-                .send()
-                .await;
-            match sent {
-                Ok(_) => (Change::Updated, seen),
-                Err(e) if is_no_update(&e) => {
-                    return Ok(Deployed {
-                        change: Change::Unchanged,
-                        stack,
-                    })
-                }
-                Err(e) => {
-                    return Err(
-                        AwsError::from_sdk(Service::CloudFormation, "UpdateStack", e).into(),
-                    )
-                }
-            }
+            (Change::Updated, seen)
         }
         None => (Change::Created, HashSet::new()),
     };
     if change == Change::Created {
-        cfn.create_stack()
+        clients
+            .cloudformation
+            .create_stack()
             .stack_name(name)
             .template_body(template::TEMPLATE)
             .capabilities(Capability::CapabilityIam)
@@ -348,6 +318,48 @@ pub async fn deploy(
         return Err(failed(clients, &stack).await);
     }
     Ok(Deployed { change, stack })
+}
+
+fn given(key: &str, value: &str) -> Parameter {
+    Parameter::builder()
+        .parameter_key(key)
+        .parameter_value(value)
+        .build()
+}
+
+/// Sends UpdateStack with the given parameters, the others keeping their values; false when
+/// CloudFormation says there is nothing to update.
+async fn send_update(
+    clients: &Clients,
+    name: &str,
+    stack: &StackInfo,
+    parameters: &BTreeMap<String, String>,
+) -> Result<bool, StackError> {
+    let mut list: Vec<Parameter> = parameters.iter().map(|(k, v)| given(k, v)).collect();
+    for key in stack.parameters.keys() {
+        if !parameters.contains_key(key) {
+            list.push(
+                Parameter::builder()
+                    .parameter_key(key)
+                    .use_previous_value(true)
+                    .build(),
+            );
+        }
+    }
+    let sent = clients
+        .cloudformation
+        .update_stack()
+        .stack_name(name)
+        .template_body(template::TEMPLATE)
+        .capabilities(Capability::CapabilityIam)
+        .set_parameters(Some(list))
+        .send()
+        .await;
+    match sent {
+        Ok(_) => Ok(true),
+        Err(e) if is_no_update(&e) => Ok(false),
+        Err(e) => Err(AwsError::from_sdk(Service::CloudFormation, "UpdateStack", e).into()),
+    }
 }
 
 fn is_no_update<E, R>(err: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> bool
