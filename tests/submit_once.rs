@@ -4,41 +4,19 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use mfbatch::aws::{ClientOptions, Clients};
 use mfbatch::launch::submit::REQUEST_ID_TAG;
 use mfbatch::launch::{self, LaunchError, Submitted};
-use mfbatch::settings::{resolve, Sources};
 use mfbatch::spec::JobSpec;
-use mfbatch::spec::{build_spec, RunOptions};
+use mfbatch::spec::RunOptions;
 use support::flaky_proxy::FlakyProxy;
 use support::*;
 
 fn spec(root: &Path) -> JobSpec {
     write_file(root, "step.py", "print('hi')\n");
-    let env: BTreeMap<String, String> = [
-        ("METAFLOW_DATASTORE_SYSROOT_S3", SYSROOT),
-        ("METAFLOW_BATCH_JOB_QUEUE", QUEUE),
-        ("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE),
-        ("METAFLOW_BATCH_CONTAINER_IMAGE", IMAGE),
-        ("METAFLOW_USER", "tester"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let sources = Sources {
-        flags: BTreeMap::new(),
-        env,
-        cwd: root.to_owned(),
-    };
-    let settings = resolve(&sources).expect("settings resolve");
-    let options = RunOptions {
-        script: root.join("step.py"),
-        ..RunOptions::default()
-    };
-    build_spec(&settings, &options).expect("a valid spec")
+    test_spec(root, &[], RunOptions::default())
 }
 
 async fn launch_with(clients: &Clients, spec: JobSpec) -> Result<Submitted, LaunchError> {

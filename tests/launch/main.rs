@@ -16,7 +16,7 @@ use mfbatch::error::{AwsErrorKind, ConfigError, PackageError};
 use mfbatch::event::{Event, EventSink};
 use mfbatch::launch::store::StoreError;
 use mfbatch::launch::{self, LaunchError, Submitted};
-use mfbatch::settings::{resolve, Sources};
+use mfbatch::settings::resolve;
 use mfbatch::spec::JobSpec;
 use mfbatch::spec::{build_spec, RunOptions};
 use serde_json::Value;
@@ -36,47 +36,8 @@ fn project() -> tempfile::TempDir {
     dir
 }
 
-/// The spec for `root/step.py` with the standard settings, `env` overriding them (`None`
-/// removes a setting).
-fn spec_with(root: &Path, env: &[(&str, Option<&str>)], options: RunOptions) -> JobSpec {
-    let mut vars: BTreeMap<String, String> = [
-        ("METAFLOW_DATASTORE_SYSROOT_S3", SYSROOT),
-        ("METAFLOW_BATCH_JOB_QUEUE", QUEUE),
-        ("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE),
-        ("METAFLOW_BATCH_CONTAINER_IMAGE", IMAGE),
-        ("METAFLOW_USER", "tester"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    for (k, v) in env {
-        match v {
-            Some(v) => vars.insert((*k).to_owned(), (*v).to_owned()),
-            None => vars.remove(*k),
-        };
-    }
-    let sources = Sources {
-        flags: BTreeMap::new(),
-        env: vars,
-        cwd: root.to_owned(),
-    };
-    let settings = resolve(&sources).expect("settings resolve");
-    build_spec(
-        &settings,
-        &RunOptions {
-            script: if options.script.as_os_str().is_empty() {
-                root.join("step.py")
-            } else {
-                options.script.clone()
-            },
-            ..options
-        },
-    )
-    .expect("a valid spec")
-}
-
 fn spec(root: &Path) -> JobSpec {
-    spec_with(root, &[], RunOptions::default())
+    test_spec(root, &[], RunOptions::default())
 }
 
 /// Runs prepare → plan → execute, collecting the events.
@@ -125,7 +86,7 @@ fn key_of(url: &str) -> &str {
 async fn cold_run_uploads_registers_and_submits() {
     let fake = FakeAws::start().await;
     let dir = project();
-    let spec = spec_with(
+    let spec = test_spec(
         dir.path(),
         &[],
         RunOptions {
@@ -370,7 +331,7 @@ async fn resource_overrides_table() {
             gpu: gpu.map(Into::into),
             ..Default::default()
         };
-        let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+        let (result, _) = launch(&fake, test_spec(dir.path(), &[], options)).await;
         result.unwrap();
         let submit = &fake.requests("SubmitJob")[i];
         assert_eq!(
@@ -385,7 +346,7 @@ async fn resource_overrides_table() {
         cpu: Some("0.5".into()),
         ..Default::default()
     };
-    let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &[], options)).await;
     assert!(
         matches!(
             result,
@@ -492,7 +453,7 @@ async fn a_script_the_package_leaves_out_is_a_usage_error_found_before_aws() {
             root: Some(dir.path().to_owned()),
             ..Default::default()
         };
-        let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+        let (result, _) = launch(&fake, test_spec(dir.path(), &[], options)).await;
         let err = result.unwrap_err();
         assert!(
             matches!(
@@ -565,7 +526,7 @@ async fn retries_retry_a_lost_instance_unless_told_to_retry_any_failure() {
         with(Some("2"), false),
         with(Some("1"), true),
     ] {
-        let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+        let (result, _) = launch(&fake, test_spec(dir.path(), &[], options)).await;
         result.unwrap();
     }
     let submits = fake.requests("SubmitJob");
@@ -600,7 +561,7 @@ async fn the_dry_run_bodies_are_exactly_what_is_sent() {
     };
     let clients = fake.clients();
     let prepared = launch::prepare(
-        spec_with(dir.path(), &[], options),
+        test_spec(dir.path(), &[], options),
         &mfbatch::event::discard(),
     )
     .await

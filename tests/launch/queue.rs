@@ -26,7 +26,7 @@ async fn fargate_queue_gets_a_fargate_definition() {
         memory: Some("1024".into()),
         ..Default::default()
     };
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options)).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, options)).await;
     result.expect("the launch succeeds");
     let (_, _, body) = &fake.definitions()[0];
     assert_eq!(body["platformCapabilities"], serde_json::json!(["FARGATE"]));
@@ -52,7 +52,7 @@ async fn a_queue_with_any_ec2_environment_is_ec2() {
     let dir = project();
     let (result, _) = launch(
         &fake,
-        spec_with(
+        test_spec(
             dir.path(),
             &[("METAFLOW_BATCH_JOB_QUEUE", Some("mixed"))],
             RunOptions::default(),
@@ -72,7 +72,7 @@ async fn fargate_without_an_execution_role_is_a_config_error_before_any_change()
     add_fargate_queue(&fake);
     let dir = project();
     let env = [("METAFLOW_BATCH_JOB_QUEUE", Some("fargate-queue"))];
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, RunOptions::default())).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, RunOptions::default())).await;
     let err = result.unwrap_err();
     assert!(
         matches!(
@@ -98,7 +98,7 @@ async fn a_missing_queue_is_reported_before_any_change() {
     let fake = FakeAws::start().await;
     let dir = project();
     let env = [("METAFLOW_BATCH_JOB_QUEUE", Some("no-such-queue"))];
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, RunOptions::default())).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, RunOptions::default())).await;
     let err = result.unwrap_err();
     match &err {
         LaunchError::QueueNotFound { queue, region } => {
@@ -125,7 +125,7 @@ async fn a_disabled_queue_is_reported_before_any_change() {
     );
     let dir = project();
     let env = [("METAFLOW_BATCH_JOB_QUEUE", Some("off"))];
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, RunOptions::default())).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, RunOptions::default())).await;
     assert!(
         matches!(result.unwrap_err(), LaunchError::QueueDisabled { ref state, .. } if state == "DISABLED")
     );
@@ -148,7 +148,7 @@ async fn a_gpu_on_a_fargate_queue_is_a_usage_error() {
         gpu: Some("1".into()),
         ..Default::default()
     };
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options)).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, options)).await;
     assert!(
         matches!(
             result,
@@ -176,7 +176,7 @@ async fn more_vcpus_than_any_compute_environment_has_is_a_usage_error_before_any
         cpu: Some(cpu.into()),
         ..Default::default()
     };
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("32"))).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, options("32"))).await;
     let err = result.unwrap_err();
     assert!(
         matches!(
@@ -194,6 +194,6 @@ async fn more_vcpus_than_any_compute_environment_has_is_a_usage_error_before_any
     );
 
     // As much as the largest environment offers is fine.
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, options("16"))).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, options("16"))).await;
     result.unwrap();
 }

@@ -81,7 +81,7 @@ async fn uploads_ask_for_the_configured_server_side_encryption() {
     let fake = FakeAws::start().await;
     let dir = project();
     let env = [("METAFLOW_S3_SERVER_SIDE_ENCRYPTION", Some("aws:kms"))];
-    let (result, _) = launch(&fake, spec_with(dir.path(), &env, RunOptions::default())).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &env, RunOptions::default())).await;
     result.unwrap();
     let put = fake
         .call_log()
@@ -92,20 +92,10 @@ async fn uploads_ask_for_the_configured_server_side_encryption() {
     assert_eq!(put.body["if_none_match"], "*", "upload only if absent");
 
     // An unknown mode is a usage error before anything happens.
-    let sources = Sources {
-        flags: BTreeMap::new(),
-        env: [
-            ("METAFLOW_DATASTORE_SYSROOT_S3", SYSROOT),
-            ("METAFLOW_BATCH_JOB_QUEUE", QUEUE),
-            ("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE),
-            ("METAFLOW_BATCH_CONTAINER_IMAGE", IMAGE),
-            ("METAFLOW_S3_SERVER_SIDE_ENCRYPTION", "rot13"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
-        cwd: dir.path().to_owned(),
-    };
+    let sources = test_sources(
+        dir.path(),
+        &[("METAFLOW_S3_SERVER_SIDE_ENCRYPTION", Some("rot13"))],
+    );
     let options = RunOptions {
         script: dir.path().join("step.py"),
         ..Default::default()
@@ -146,7 +136,7 @@ async fn the_s3_endpoint_of_the_upload_is_given_to_the_job() {
         "METAFLOW_S3_ENDPOINT_URL",
         Some("http://own.example.com:9000"),
     )];
-    let (result, _) = launch(&fake, spec_with(dir.path(), &own, RunOptions::default())).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &own, RunOptions::default())).await;
     result.unwrap();
     let submit = fake.requests("SubmitJob").pop().unwrap();
     assert_eq!(endpoints(&submit), ["http://own.example.com:9000"]);
@@ -154,7 +144,7 @@ async fn the_s3_endpoint_of_the_upload_is_given_to_the_job() {
         env: vec!["METAFLOW_S3_ENDPOINT_URL=http://from-env-flag:9000".into()],
         ..Default::default()
     };
-    let (result, _) = launch(&fake, spec_with(dir.path(), &[], options)).await;
+    let (result, _) = launch(&fake, test_spec(dir.path(), &[], options)).await;
     result.unwrap();
     let submit = fake.requests("SubmitJob").pop().unwrap();
     assert_eq!(endpoints(&submit), ["http://from-env-flag:9000"]);

@@ -11,6 +11,48 @@ use std::path::{Path, PathBuf};
 
 pub use fake_aws::*;
 
+/// The settings a test job runs with: the fake's bucket, queue, role and image, `env`
+/// overriding them (`None` removes a setting).
+pub fn test_sources(root: &Path, env: &[(&str, Option<&str>)]) -> mfbatch::settings::Sources {
+    let mut vars: std::collections::BTreeMap<String, String> = [
+        ("METAFLOW_DATASTORE_SYSROOT_S3", SYSROOT),
+        ("METAFLOW_BATCH_JOB_QUEUE", QUEUE),
+        ("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE),
+        ("METAFLOW_BATCH_CONTAINER_IMAGE", IMAGE),
+        ("METAFLOW_USER", "tester"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in env {
+        match v {
+            Some(v) => vars.insert((*k).to_owned(), (*v).to_owned()),
+            None => vars.remove(*k),
+        };
+    }
+    mfbatch::settings::Sources {
+        flags: Default::default(),
+        env: vars,
+        cwd: root.to_owned(),
+    }
+}
+
+/// The spec for `options.script` (default `root/step.py`) with [`test_sources`].
+pub fn test_spec(
+    root: &Path,
+    env: &[(&str, Option<&str>)],
+    options: mfbatch::spec::RunOptions,
+) -> mfbatch::spec::JobSpec {
+    let settings = mfbatch::settings::resolve(&test_sources(root, env)).expect("settings resolve");
+    let script = if options.script.as_os_str().is_empty() {
+        root.join("step.py")
+    } else {
+        options.script.clone()
+    };
+    mfbatch::spec::build_spec(&settings, &mfbatch::spec::RunOptions { script, ..options })
+        .expect("a valid spec")
+}
+
 /// Writes `contents` at `root/rel`, creating parent directories; returns the path.
 pub fn write_file(root: &Path, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     let path = root.join(rel);
