@@ -136,8 +136,10 @@ pub(super) async fn run(
         }
     }
     drop(updates);
-    job.final_sweep().await;
     let mut outcome = main_result.expect("the loop waits for it")?;
+    // Its end records may have decided it before its follower saw Batch's status.
+    job.set_status(job.main_node, outcome.status);
+    job.final_sweep().await;
     outcome.job_id.clone_from(&job.job_id);
     (events)(Event::Exited(outcome.clone()));
     Ok(outcome)
