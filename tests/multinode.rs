@@ -34,8 +34,19 @@ fn node(index: usize, runs: usize, code: i32) -> Timeline {
 /// `num_nodes` nodes: the main one (0) runs long enough for the others to end first; node
 /// `failing` exits with 7.
 fn script(num_nodes: usize, main_code: i32, failing: Option<usize>) -> NodesScript {
+    script_with(60, num_nodes, main_code, failing)
+}
+
+/// The same with the main node running `main_runs` describes (the CLI's polls slow down as a
+/// job runs on, so its tests keep jobs short).
+fn script_with(
+    main_runs: usize,
+    num_nodes: usize,
+    main_code: i32,
+    failing: Option<usize>,
+) -> NodesScript {
     NodesScript::each(num_nodes, |i| match i {
-        0 => node(0, 60, main_code),
+        0 => node(0, main_runs, main_code),
         i if Some(i) == failing => node(i, 2, 7),
         i => node(i, 3, 0),
     })
@@ -308,7 +319,7 @@ fn project(fake: &FakeAws) -> Cli {
 #[tokio::test]
 async fn run_nodes_streams_the_main_node_and_shows_a_failed_nodes_last_lines() {
     let fake = FakeAws::start().await;
-    fake.script_next_nodes(script(4, 0, Some(2)));
+    fake.script_next_nodes(script_with(20, 4, 0, Some(2)));
     let cli = project(&fake);
     let out = cli.run(&["run", "step.py", "--nodes", "4"]);
     assert_eq!(out.code, Some(0), "{}", out.render());
@@ -372,7 +383,7 @@ async fn run_nodes_streams_the_main_node_and_shows_a_failed_nodes_last_lines() {
 #[tokio::test]
 async fn run_nodes_exits_with_the_main_nodes_code() {
     let fake = FakeAws::start().await;
-    fake.script_next_nodes(script(3, 3, None));
+    fake.script_next_nodes(script_with(20, 3, 3, None));
     let cli = project(&fake);
     let out = cli.run(&["run", "step.py", "--nodes", "3"]);
     assert_eq!(out.code, Some(3), "{}", out.render());
@@ -381,7 +392,7 @@ async fn run_nodes_exits_with_the_main_nodes_code() {
 #[tokio::test]
 async fn json_output_has_nodes_progress_node_failed_and_tail_events() {
     let fake = FakeAws::start().await;
-    fake.script_next_nodes(script(3, 0, Some(1)));
+    fake.script_next_nodes(script_with(20, 3, 0, Some(1)));
     let cli = project(&fake);
     let out = cli.run(&["--output", "json", "run", "step.py", "--nodes", "3"]);
     assert_eq!(out.code, Some(0), "{}", out.render());
