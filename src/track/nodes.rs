@@ -251,7 +251,10 @@ impl FollowedNodes {
                     tokio::select! {
                         update = rx.recv() => {
                             let Some(u) = update else { return };
-                            if notes.send(NodeNote::Polled(index, u)).is_err() {
+                            // An ended node is polled no more: every watch due soon rides in
+                            // each call, so one ended node would keep the calls frequent.
+                            let ended = matches!(&u, Update::Snapshot(s) if s.status.is_terminal());
+                            if notes.send(NodeNote::Polled(index, u)).is_err() || ended {
                                 return;
                             }
                         }

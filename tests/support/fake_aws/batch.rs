@@ -1108,18 +1108,27 @@ impl State {
                 job.hidden_for -= 1;
                 continue;
             }
-            if job.array.is_some() {
-                self.tick_array(&id);
-            } else if job.without_container() {
-                self.tick_nodes(&id);
-            } else {
-                self.advance(&id);
+            if !self.clocked {
+                self.step(&id);
             }
-            let job = self.jobs.get_mut(&id).expect("still there");
-            out.push(job.detail());
-            job.seen += 1;
+            out.push(self.jobs[&id].detail());
         }
         ok(json!({ "jobs": out }))
+    }
+
+    /// One step of a job's timeline (one describe, or one tick of the clock when clocked).
+    pub(super) fn step(&mut self, id: &str) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        if job.array.is_some() {
+            self.tick_array(id);
+        } else if job.without_container() {
+            self.tick_nodes(id);
+        } else {
+            self.advance(id);
+        }
+        self.jobs.get_mut(id).expect("still there").seen += 1;
     }
 
     /// A phase change happens at the call that first shows it, so its effects (a new attempt's

@@ -108,6 +108,8 @@ pub(crate) struct State {
     scripted: VecDeque<Timeline>,
     scripted_arrays: VecDeque<batch::ArrayScript>,
     scripted_nodes: VecDeque<batch::NodesScript>,
+    /// Timelines move on with [`FakeAws::tick`] only, not with DescribeJobs calls.
+    clocked: bool,
     default_timeline: Timeline,
     terminate_exit_code: Option<i32>,
     buckets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
@@ -138,6 +140,7 @@ impl State {
             scripted: VecDeque::new(),
             scripted_arrays: VecDeque::new(),
             scripted_nodes: VecDeque::new(),
+            clocked: false,
             default_timeline: Timeline::default(),
             terminate_exit_code: Some(143),
             buckets: BTreeMap::new(),
@@ -354,6 +357,22 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Moves the fake's jobs on in time rather than with each DescribeJobs (see [`FakeAws::clock`]).
+#[derive(Clone)]
+pub struct Clock(Arc<Mutex<State>>);
+
+impl Clock {
+    /// One step of each of these jobs' timelines (as one DescribeJobs of each did before), so how
+    /// often a client polls changes nothing from now on.
+    pub fn tick(&self, ids: &[String]) {
+        let mut state = lock(&self.0);
+        state.clocked = true;
+        for id in ids {
+            state.step(id);
+        }
+    }
+}
+
 /// The fake AWS: one wiremock server and the state behind it.
 pub struct FakeAws {
     server: MockServer,
@@ -417,6 +436,11 @@ impl FakeAws {
     /// How the next multi-node job behaves (its nodes' timelines, or moto's shape).
     pub fn script_next_nodes(&self, script: NodesScript) {
         self.state().scripted_nodes.push_back(script);
+    }
+
+    /// A clock for this fake: from its first tick on, jobs move on only when ticked.
+    pub fn clock(&self) -> Clock {
+        Clock(self.state.clone())
     }
 
     /// When (epoch ms) each node of a multi-node job stopped.
