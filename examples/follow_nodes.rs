@@ -18,7 +18,6 @@
 //! `cargo run --release --example follow_nodes -- [--nodes 16] [--nodes2 100] [--runs 3] [--speedup 60]`
 
 #[path = "../benches/support/mod.rs"]
-#[allow(dead_code)]
 mod measure;
 
 #[path = "../tests/support/fake_aws/mod.rs"]
