@@ -257,7 +257,15 @@ async fn without_node_records_the_parent_is_followed() {
             NodesScript {
                 nodes: vec![Timeline::new()
                     .running(2)
-                    .logs(&["node 0 up", "node 1 up"])
+                    // Both nodes' end records on the one stream, as on moto.
+                    .logs(&[
+                        "node 0 up",
+                        "@end:stdout:0",
+                        "@end:stderr:0",
+                        "node 1 up",
+                        "@end:stdout:4",
+                        "@end:stderr:4",
+                    ])
                     .exit(4)],
                 without_node_records: true,
             },
@@ -267,7 +275,7 @@ async fn without_node_records_the_parent_is_followed() {
     for request in [nodes_request(&id), FollowRequest::new(id.clone())] {
         let (events, outcome) = follow(&fake, request).await;
         let lines: Vec<String> = log_lines(&events).into_iter().map(|(_, l)| l).collect();
-        assert_eq!(lines, ["node 0 up", "node 1 up"]);
+        assert_eq!(lines, ["node 0 up", "node 1 up"], "no end records");
         assert_eq!(outcome.exit_code, Some(4));
         assert_eq!(outcome.job_id, id);
     }

@@ -18,6 +18,7 @@ use super::job::{describe_error, snapshot_from};
 use super::poller::{self, Update};
 use super::snapshot::{self, JobSnapshot};
 use super::{FollowRequest, TrackError, Tracker, MAX_IDS_PER_CALL};
+use crate::bootstrap::end_record;
 use crate::event::{Event, EventSink, JobStatus, Outcome, Warning};
 
 /// How to follow a multi-node job (see [`FollowRequest::nodes`]).
@@ -145,7 +146,9 @@ pub(super) async fn run(
     Ok(outcome)
 }
 
-/// Follows the parent as an ordinary job, from this snapshot on.
+/// Follows the parent as an ordinary job, from this snapshot on. Every node's end records land
+/// on its one stream, where they cannot say which node ended: they are not shown (and, with no
+/// nonce in the parent's description, never decide the outcome: Batch's status does).
 async fn fallback(
     tracker: &Tracker,
     request: FollowRequest,
@@ -154,7 +157,11 @@ async fn fallback(
     events: EventSink,
 ) -> Result<Outcome, TrackError> {
     let updates = super::prepend(Update::Snapshot(Box::new(snapshot)), updates);
-    super::job::run(tracker.job_context(), request, updates, events).await
+    let sink: EventSink = Arc::new(move |event| match &event {
+        Event::Log { message, .. } if message.starts_with(end_record::PREFIX) => {}
+        _ => events(event),
+    });
+    super::job::run(tracker.job_context(), request, updates, sink).await
 }
 
 /// The main node's events as the job's: its lines and attempts go on (lines keep the node's id);

@@ -519,6 +519,14 @@ impl Job {
         if self.without_container() {
             obj.remove("container");
         }
+        if self.shared_stream_only() {
+            let stream = detail["container"]["logStreamName"].clone();
+            detail["container"] = if stream.is_null() {
+                json!({})
+            } else {
+                json!({ "logStreamName": stream })
+            };
+        }
         detail
     }
 

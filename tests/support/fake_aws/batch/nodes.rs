@@ -69,6 +69,12 @@ impl Job {
     pub(super) fn without_container(&self) -> bool {
         self.nodes.as_ref().is_some_and(|n| !n.nodes.is_empty())
     }
+
+    /// A multi-node parent without node records (moto's shape) shows only its stream as its
+    /// container: no environment (so no end-record nonce), no exit code.
+    pub(super) fn shared_stream_only(&self) -> bool {
+        self.nodes.as_ref().is_some_and(|n| n.nodes.is_empty())
+    }
 }
 
 /// `(containerProperties, containerOverrides)` of a job: a multi-node job's from its one node
