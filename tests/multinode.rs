@@ -377,6 +377,15 @@ async fn run_nodes_streams_the_main_node_and_shows_a_failed_nodes_last_lines() {
     );
     assert!(fake.requests("TerminateJob").is_empty());
 
+    // `--no-follow` reads what there is: the main node's stream.
+    let logs = cli.run(&["logs", "--no-follow", &id]);
+    assert_eq!(
+        logs.stdout,
+        "node 0 working\nnode 0 done\n",
+        "{}",
+        logs.render()
+    );
+
     // `logs` of the job follows it as one thing again.
     let logs = cli.run(&["logs", &id]);
     assert_eq!(logs.code, Some(0), "{}", logs.render());

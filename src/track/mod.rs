@@ -409,9 +409,21 @@ async fn dispatch(
 ) -> Result<Outcome, TrackError> {
     let first = updates.recv().await;
     if let Some(poller::Update::Snapshot(snapshot)) = &first {
-        if !request.once && snapshot.is_array_parent() {
+        let main_node = snapshot
+            .nodes
+            .as_ref()
+            .filter(|_| snapshot.is_multinode_parent() && snapshot.log_streams().is_empty())
+            .map(|n| n.main_node.unwrap_or(0));
+        if request.once {
+            // What there is to read now of a multi-node job is its main node's stream.
+            if let Some(main) = main_node {
+                drop(updates);
+                request.job_id = nodes::node_id(&request.job_id, main);
+                return tracker.follow_with(request, sink).wait().await;
+            }
+        } else if snapshot.is_array_parent() {
             request.array = Some(array::ArrayFollow::default());
-        } else if !request.once && snapshot.is_multinode_parent() {
+        } else if snapshot.is_multinode_parent() {
             request.nodes = Some(nodes::NodeFollow::default());
         }
     }
