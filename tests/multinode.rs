@@ -282,6 +282,40 @@ async fn without_node_records_the_parent_is_followed() {
 }
 
 #[tokio::test]
+async fn a_job_stopped_before_it_started_ends_without_looking_for_nodes() {
+    let fake = FakeAws::start().await;
+    let id = fake
+        .submit_nodes(
+            2,
+            NodesScript::each(2, |_| {
+                Timeline::new()
+                    .status(JobStatus::Runnable, 10_000)
+                    .succeeded()
+            }),
+        )
+        .await;
+    fake.clients()
+        .batch
+        .terminate_job()
+        .job_id(&id)
+        .reason("not needed")
+        .send()
+        .await
+        .unwrap();
+    let (_, outcome) = follow(&fake, nodes_request(&id)).await;
+    assert_eq!(outcome.status, JobStatus::Failed);
+    assert_eq!(outcome.reason.as_deref(), Some("not needed"));
+    let main = format!("{id}#0");
+    assert!(
+        fake.requests("DescribeJobs")
+            .iter()
+            .all(|r| !r["jobs"].as_array().unwrap().contains(&main.clone().into())),
+        "no node is looked for: {:?}",
+        fake.requests("DescribeJobs")
+    );
+}
+
+#[tokio::test]
 async fn a_job_is_followed_the_way_its_description_calls_for() {
     let fake = FakeAws::start().await;
     let id = fake.submit_nodes(3, script(3, 0, Some(1))).await;

@@ -80,7 +80,7 @@ pub(super) async fn run(
         let Some(snapshot) = snapshot_from(&job.job_id, updates.recv().await, &events)? else {
             continue;
         };
-        if job.without_node_records(&snapshot) {
+        if job.without_node_records(&snapshot) || never_ran(&snapshot) {
             return fallback(&tracker, request, snapshot, updates, events).await;
         }
         job.on_parent(&snapshot);
@@ -112,7 +112,7 @@ pub(super) async fn run(
                 let Some(snapshot) = snapshot_from(&job.job_id, update, &events)? else {
                     continue;
                 };
-                let orphan = !job.main_seen && snapshot.status.is_terminal();
+                let orphan = !job.main_seen && never_ran(&snapshot);
                 if orphan || job.without_node_records(&snapshot) {
                     main_abort.abort();
                     return fallback(&tracker, request, snapshot, updates, events).await;
@@ -144,6 +144,12 @@ pub(super) async fn run(
     outcome.job_id.clone_from(&job.job_id);
     (events)(Event::Exited(outcome.clone()));
     Ok(outcome)
+}
+
+/// Ended without ever starting (cancelled, or failed to start): there is no node to follow. A
+/// job that ran is left to its main node's follower, whichever of the two answers comes first.
+fn never_ran(snapshot: &JobSnapshot) -> bool {
+    snapshot.status.is_terminal() && snapshot.started_at_ms.is_none()
 }
 
 /// Follows the parent as an ordinary job, from this snapshot on. Every node's end records land

@@ -205,7 +205,8 @@ impl JobSnapshot {
                 .and_then(|kv| kv.value())
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned),
-            started_at_ms: detail.started_at(),
+            // The SDK's model has `startedAt` required: a job that never started reads 0.
+            started_at_ms: detail.started_at().filter(|t| *t > 0),
             stopped_at_ms: detail.stopped_at(),
             retry: detail.retry_strategy().map(|r| RetryPolicy {
                 attempts: r.attempts().unwrap_or(1).max(1) as usize,
