@@ -88,18 +88,7 @@ pub(super) async fn run(
             break snapshot;
         }
     };
-    let main_id = node_id(&job.job_id, job.main_node);
-    let main = tracker.follow_with(
-        FollowRequest {
-            attempt: request.attempt,
-            logs_since_ms: request.logs_since_ms,
-            without_logs: request.without_logs,
-            not_found_grace: request.not_found_grace,
-            log_credit: request.log_credit.clone(),
-            ..FollowRequest::new(main_id)
-        },
-        main_sink(events.clone(), job.job_id.clone(), notes_tx.clone()),
-    );
+    let main = job.follow_main(&request, &notes_tx);
     let main_abort = main.abort_handle();
     let mut main_wait = Box::pin(main.wait());
     job.watch_nodes(&notes_tx);
@@ -245,6 +234,25 @@ impl FollowedNodes {
         });
         self.status = Some(snapshot.status);
         self.status_since = now;
+    }
+
+    /// The main node, followed as an ordinary job (its logs as the request asks).
+    fn follow_main(
+        &self,
+        request: &FollowRequest,
+        notes: &mpsc::UnboundedSender<NodeNote>,
+    ) -> super::JobHandle {
+        self.tracker.follow_with(
+            FollowRequest {
+                attempt: request.attempt,
+                logs_since_ms: request.logs_since_ms,
+                without_logs: request.without_logs,
+                not_found_grace: request.not_found_grace,
+                log_credit: request.log_credit.clone(),
+                ..FollowRequest::new(node_id(&self.job_id, self.main_node))
+            },
+            main_sink(self.events.clone(), self.job_id.clone(), notes.clone()),
+        )
     }
 
     /// Watches every node but the main one in the shared poller, status only.
