@@ -3,12 +3,14 @@
 //! parent that ends with its main node): the main node's lines live, the other nodes counted and
 //! their failures shown with their last lines, the outcome from the main node, every node in
 //! the shared DescribeJobs batches; moto's shape (no node records) followed through the parent.
-//! Also the CLI: `run --nodes`, `logs`/`status`/`kill` of `<job>` and `<job>#<n>`, and `logs` of
-//! an array's parent.
+//! Also the CLI: `run --nodes`, `logs`/`status`/`kill` of `<job>` and `<job>#<n>`, Ctrl-C, and
+//! `logs` of an array's parent.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -500,4 +502,49 @@ async fn logs_of_an_arrays_parent_follows_the_array() {
         "{}",
         logs.render()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_terminates_the_job_and_so_every_node() {
+    let fake = FakeAws::start().await;
+    fake.script_next_nodes(NodesScript::each(3, |i| {
+        Timeline::new()
+            .running(100_000)
+            .logs(&[&format!("node {i} up")])
+            .succeeded()
+    }));
+    let cli = project(&fake);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mfbatch"))
+        .args(["run", "step.py", "--nodes", "3"])
+        .current_dir(cli.work())
+        .env_clear()
+        .envs(fake.cli_env(cli.home()))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MFBATCH_POLL_MIN_MS", "20")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("RUNNING 3") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let code = tokio::task::block_in_place(|| child.wait()).unwrap().code();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(code, Some(130), "{seen}{rest}");
+    let id = fake.jobs()[0].id.clone();
+    let stops: Vec<Value> = fake.requests("TerminateJob");
+    assert_eq!(stops.len(), 1, "one call for the whole job");
+    assert_eq!(stops[0]["jobId"], id.as_str());
+    for i in 0..3 {
+        let node = fake.job(&format!("{id}#{i}")).unwrap();
+        assert_eq!(node.status, JobStatus::Failed, "node {i} stopped");
+    }
 }
