@@ -255,6 +255,31 @@ pub enum Event {
         counts: BTreeMap<JobStatus, usize>,
         failed: Vec<FailureGroup>,
     },
+    /// A multi-node job's nodes by status, when the counts change (main node included).
+    NodesProgress {
+        job_id: String,
+        job_name: String,
+        num_nodes: usize,
+        counts: BTreeMap<JobStatus, usize>,
+    },
+    /// A node other than the main one failed; the job runs on (only the main node decides it).
+    NodeFailed {
+        job_id: String,
+        /// `<job>#<n>`, an ordinary job id for `logs`, `status`.
+        node_id: String,
+        node_index: usize,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        status_reason: Option<String>,
+    },
+    /// The last lines of a failed node's log stream (the first `show_failed` failures).
+    NodeLogTail {
+        job_id: String,
+        node_id: String,
+        node_index: usize,
+        log_stream: String,
+        lines: Vec<String>,
+    },
 }
 
 /// Failed children that share an exit code (or, without one, a reason).

@@ -271,6 +271,7 @@ impl LocalJob {
             stopped_at_ms: Some(now_ms()),
             retry: None,
             array: None,
+            nodes: None,
         };
         let outcome = snapshot.outcome(step_end);
         events(Event::Exited(outcome.clone()));

@@ -282,3 +282,27 @@ fn array_children_get_their_index_and_line_batch() {
     logs.assert(0, &["child 1 of 5 args ['--fixed', '--x', '1']"]);
     assert_eq!(describe_job(&format!("{parent}:3"))["status"], "FAILED");
 }
+
+/// `--nodes 2` on moto (no `#n` node records, every node on the job's one stream; serve.py gives
+/// the nodes their index and mfbatch's environment): both nodes run the script, see their index,
+/// the count and the main node's address, and `run` follows the job through its own stream.
+#[test]
+fn nodes_get_their_index_and_the_main_address_batch() {
+    let backend = Backend::Batch;
+    let step = StepDir::new(&[(
+        "node.py",
+        "import os\n\
+         print('node', os.environ['MFBATCH_NODE_INDEX'], 'of', os.environ['MFBATCH_NUM_NODES'],\n\
+               'main at', bool(os.environ['MFBATCH_MAIN_NODE_ADDRESS']))\n",
+    )]);
+    let out = run(step.run_command(backend, "node.py", &["--nodes", "2"]));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["node 0 of 2 main at True", "node 1 of 2 main at True"],
+        "both nodes' lines, not their end records\n{}",
+        out.describe()
+    );
+}

@@ -682,6 +682,25 @@ class ArrayAndNodeTest(Base):
                           env["MFBATCH_MAIN_NODE_ADDRESS"], env["MF_PARALLEL_MAIN_IP"]),
                          ("2", "4", "10.0.0.5", "10.0.0.5"))
 
+    def test_the_main_node_gives_its_own_address(self):
+        # Batch leaves AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS out on the main node.
+        import socket
+        try:
+            own = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            own = "127.0.0.1"
+        p = self.child(None, AWS_BATCH_JOB_NODE_INDEX="0", AWS_BATCH_JOB_NUM_NODES="4")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        env = dict(eval(p.stdout.splitlines()[1]))
+        self.assertEqual((env["MFBATCH_NODE_INDEX"], env["MFBATCH_NUM_NODES"],
+                          env["MFBATCH_MAIN_NODE_ADDRESS"], env["MF_PARALLEL_MAIN_IP"]),
+                         ("0", "4", own, own))
+
+    def test_no_node_variables_outside_a_multi_node_job(self):
+        p = self.child(None)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.splitlines()[1], "[]")
+
 
 class socket_port:
     """A localhost port with nothing listening on it."""

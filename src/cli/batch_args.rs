@@ -67,7 +67,7 @@ pub struct BatchArgs {
     /// Child i gets line i of FILE as its arguments (after those given after `--`).
     #[arg(long, value_name = "FILE", help_heading = "Arrays and scheduling")]
     pub array_args: Option<PathBuf>,
-    /// Show the last lines of the first K failed children.
+    /// Show the last lines of the first K failed children (of `--array`) or nodes (of `--nodes`).
     #[arg(
         long,
         value_name = "K",

@@ -115,6 +115,10 @@ pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
                     "array": snapshot.array.as_ref().map(|a| serde_json::json!({
                         "size": a.size, "index": a.index, "counts": a.counts,
                     })),
+                    "nodes": snapshot.nodes.as_ref().map(|n| serde_json::json!({
+                        "num_nodes": n.num_nodes, "main_node": n.main_node,
+                        "node_index": n.node_index, "is_main": n.is_main,
+                    })),
                 })
             ),
             Output::Text => {
@@ -124,7 +128,20 @@ pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
                         a.counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
                     format!("array of {}: {}", a.size.unwrap_or(0), counts.join(" · "))
                 });
+                let nodes = snapshot
+                    .nodes
+                    .as_ref()
+                    .filter(|n| n.is_parent())
+                    .and_then(|n| n.num_nodes)
+                    .map(|n| {
+                        format!(
+                            "multi-node job of {n} nodes ({}#0 to #{})",
+                            snapshot.job_id,
+                            n.saturating_sub(1)
+                        )
+                    });
                 let detail = array
+                    .or(nodes.filter(|_| !snapshot.status.is_terminal()))
                     .or_else(|| outcome.and_then(|o| o.summary))
                     .or_else(|| snapshot.status_reason.clone())
                     .unwrap_or_default();
@@ -151,6 +168,17 @@ pub async fn kill(args: KillArgs, global: Global) -> Result<u8, Failure> {
     let budget = RateBudget::new(5.0);
     let mut code = exit::SUCCESS;
     for id in &args.job_ids {
+        // Batch ends a multi-node job with its main node and a dead node does nothing to it:
+        // stopping one node alone is not something the job can be asked to do.
+        if let Some((job, _)) = id.split_once('#') {
+            eprintln!(
+                "{} {id} is a node of multi-node job {job}; nodes are not stopped alone\n{} mfbatch kill {job}   (stops every node)",
+                global.style.error("error:"),
+                global.style.dim("hint:")
+            );
+            code = exit::FAILURE;
+            continue;
+        }
         let Some(snapshot) = snapshots.iter().find(|s| &s.job_id == id) else {
             eprintln!("{} job {id} was not found", global.style.error("error:"));
             code = exit::FAILURE;

@@ -251,6 +251,31 @@ impl Writer {
                 self.flush();
                 self.status(words::child_tail(child_id, *index, lines, &style));
             }
+            Event::NodesProgress {
+                job_name,
+                num_nodes,
+                counts,
+                ..
+            } => self.array_progress(words::nodes_progress(job_name, *num_nodes, counts)),
+            Event::NodeFailed {
+                node_id,
+                node_index,
+                exit_code,
+                reason,
+                ..
+            } => self.status(words::node_failed(
+                node_id,
+                *node_index,
+                *exit_code,
+                reason.as_deref(),
+                &style,
+            )),
+            Event::NodeLogTail {
+                node_id,
+                node_index,
+                lines,
+                ..
+            } => self.status(words::node_tail(node_id, *node_index, lines, &style)),
             Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
             other => {
                 if let Some(line) = words::progress(other) {

@@ -22,6 +22,7 @@ use super::render::{RenderOptions, Renderer};
 use super::signals::Signals;
 use super::Global;
 use mfbatch::track::array::ArrayFollow;
+use mfbatch::track::nodes::NodeFollow;
 use mfbatch::track::FollowRequest;
 
 pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
@@ -38,6 +39,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         None => return Ok(exit::SUCCESS), // --show-config
     };
     let array_size = spec.batch().and_then(|b| b.scheduling.array_size());
+    let multinode = spec.batch().is_some_and(|b| b.scheduling.nodes.is_some());
     if spec.batch().is_none() {
         if args.dry_run || args.detach {
             return Err(Failure::usage_message(
@@ -85,6 +87,10 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
             show_failed: args.batch.show_failed,
             follow_indexes: args.batch.follow_index.clone(),
             ..ArrayFollow::default()
+        }),
+        nodes: multinode.then(|| NodeFollow {
+            show_failed: args.batch.show_failed,
+            ..NodeFollow::default()
         }),
         ..FollowRequest::new(submitted.job_id.clone())
     };

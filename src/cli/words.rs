@@ -144,6 +144,48 @@ pub fn child_tail(child_id: &str, index: usize, lines: &[String], style: &Style)
     text
 }
 
+/// A multi-node job's nodes by status: `train nodes [16]: RUNNING 15 · FAILED 1`.
+pub fn nodes_progress(
+    job_name: &str,
+    num_nodes: usize,
+    counts: &std::collections::BTreeMap<mfbatch::event::JobStatus, usize>,
+) -> String {
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    format!("{job_name} nodes [{num_nodes}]: {}", counts.join(" · "))
+}
+
+/// A non-main node failed: `node 3 (<job>#3) failed: exit 7; the job goes on`.
+pub fn node_failed(
+    node_id: &str,
+    node_index: usize,
+    exit_code: Option<i32>,
+    reason: Option<&str>,
+    style: &Style,
+) -> String {
+    let what = match (exit_code, reason) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(reason)) => reason.to_owned(),
+        (None, None) => "no exit code".to_owned(),
+    };
+    format!(
+        "{} node {node_index} ({node_id}) failed: {what}; the main node decides the job",
+        style.warning("warning:")
+    )
+}
+
+/// A failed node's last lines, each prefixed with its index: `[#3] | line`.
+pub fn node_tail(node_id: &str, node_index: usize, lines: &[String], style: &Style) -> String {
+    let mut text = style.dim(&format!("last lines of node {node_index} ({node_id}):"));
+    if lines.is_empty() {
+        text.push_str(" (none)");
+    }
+    for line in lines {
+        text.push_str(&format!("\n  [#{node_index}] | "));
+        text.push_str(line);
+    }
+    text
+}
+
 /// How the job ended; when the step's end records decided it, that Batch's status follows.
 pub fn exited(outcome: &Outcome, style: &Style) -> String {
     let batch_later = (outcome.decided_by == DecidedBy::EndRecord)

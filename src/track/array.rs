@@ -328,36 +328,8 @@ impl FollowedArray {
         }
     }
 
-    /// The stream's last lines, without the bootstrap's end records.
     async fn tail(&self, child: &JobSnapshot, stream: &str) -> Result<Vec<String>, AwsError> {
-        let inner = &self.tracker.inner;
-        inner.logs_budget.acquire().await;
-        let page = inner
-            .logs
-            .get_log_events()
-            .log_group_name(&child.log_group)
-            .log_stream_name(stream)
-            .start_from_head(false)
-            // Room for the two end records, which are not shown.
-            .limit(self.follow.tail_lines as i32 + 2)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(Service::Logs, "GetLogEvents", e))?;
-        let is_record = |m: &str| {
-            child
-                .end_nonce
-                .as_deref()
-                .is_some_and(|n| EndRecord::parse(m, n).is_some())
-        };
-        let lines: Vec<String> = page
-            .events()
-            .iter()
-            .filter_map(|e| e.message())
-            .filter(|m| !is_record(m))
-            .map(str::to_owned)
-            .collect();
-        let skip = lines.len().saturating_sub(self.follow.tail_lines);
-        Ok(lines.into_iter().skip(skip).collect())
+        last_lines(&self.tracker, child, stream, self.follow.tail_lines).await
     }
 
     /// The array's outcome: its exit code is 0 when every child succeeded, the failed
@@ -415,6 +387,43 @@ impl FollowedArray {
         (self.events)(Event::Exited(outcome.clone()));
         outcome
     }
+}
+
+/// A stream's last `count` lines, without the bootstrap's end records: one backward
+/// GetLogEvents through the Logs budget.
+pub(super) async fn last_lines(
+    tracker: &Tracker,
+    job: &JobSnapshot,
+    stream: &str,
+    count: usize,
+) -> Result<Vec<String>, AwsError> {
+    let inner = &tracker.inner;
+    inner.logs_budget.acquire().await;
+    let page = inner
+        .logs
+        .get_log_events()
+        .log_group_name(&job.log_group)
+        .log_stream_name(stream)
+        .start_from_head(false)
+        // Room for the two end records, which are not shown.
+        .limit(count as i32 + 2)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(Service::Logs, "GetLogEvents", e))?;
+    let is_record = |m: &str| {
+        job.end_nonce
+            .as_deref()
+            .is_some_and(|n| EndRecord::parse(m, n).is_some())
+    };
+    let lines: Vec<String> = page
+        .events()
+        .iter()
+        .filter_map(|e| e.message())
+        .filter(|m| !is_record(m))
+        .map(str::to_owned)
+        .collect();
+    let skip = lines.len().saturating_sub(count);
+    Ok(lines.into_iter().skip(skip).collect())
 }
 
 /// The code every failed child exited with, when they all share one (1-255).

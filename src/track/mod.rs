@@ -19,6 +19,7 @@ pub mod credit;
 mod job;
 pub mod list;
 pub mod logs;
+pub mod nodes;
 mod outcome;
 mod poller;
 pub mod snapshot;
@@ -217,6 +218,11 @@ pub struct FollowRequest {
     pub not_found_grace: Option<Duration>,
     /// The job is an array's parent: follow it as one thing ([`array`]).
     pub array: Option<array::ArrayFollow>,
+    /// The job is a multi-node parallel job: follow it as one thing ([`nodes`]).
+    ///
+    /// Without `array` or `nodes`, the job's first description decides: an array's parent or a
+    /// multi-node job is followed as one thing with the default knobs (not with `once`).
+    pub nodes: Option<nodes::NodeFollow>,
     /// Read logs only while this credit has room (a consumer that may fall behind).
     pub log_credit: Option<Arc<LogCredit>>,
 }
@@ -231,6 +237,7 @@ impl FollowRequest {
             without_logs: false,
             not_found_grace: None,
             array: None,
+            nodes: None,
             log_credit: None,
         }
     }
@@ -335,15 +342,22 @@ impl Tracker {
                 .not_found_grace
                 .unwrap_or(self.inner.config.not_found_grace),
         });
-        if request.array.is_some() {
-            let task = tokio::spawn(array::run(self.clone(), request, updates_rx, sink));
-            return JobHandle {
-                job_id,
-                events: None,
-                task,
-            };
+        let task = if request.array.is_some() {
+            tokio::spawn(array::run(self.clone(), request, updates_rx, sink))
+        } else if request.nodes.is_some() {
+            tokio::spawn(nodes::run(self.clone(), request, updates_rx, sink))
+        } else {
+            tokio::spawn(dispatch(self.clone(), request, updates_rx, sink))
+        };
+        JobHandle {
+            job_id,
+            events: None,
+            task,
         }
-        let context = job::Context {
+    }
+
+    fn job_context(&self) -> job::Context {
+        job::Context {
             batch: self.inner.batch.clone(),
             logs: self.inner.logs.clone(),
             config: self.inner.config.clone(),
@@ -351,12 +365,6 @@ impl Tracker {
             logs_budget: self.inner.logs_budget.clone(),
             sweeper: self.inner.sweeper.clone(),
             poller: self.inner.poller.clone(),
-        };
-        let task = tokio::spawn(job::run(context, request, updates_rx, sink));
-        JobHandle {
-            job_id,
-            events: None,
-            task,
         }
     }
 
@@ -388,6 +396,74 @@ impl Tracker {
             self.inner.logs_budget.calls(),
         )
     }
+}
+
+/// Follows a job the way its first description calls for: an array's parent and a multi-node
+/// job as one thing, anything else (an array child `<parent>:<i>`, a node `<job>#<n>`) as an
+/// ordinary job.
+async fn dispatch(
+    tracker: Tracker,
+    mut request: FollowRequest,
+    mut updates: mpsc::UnboundedReceiver<poller::Update>,
+    sink: EventSink,
+) -> Result<Outcome, TrackError> {
+    let first = updates.recv().await;
+    if let Some(poller::Update::Snapshot(snapshot)) = &first {
+        let main_node = snapshot
+            .nodes
+            .as_ref()
+            .filter(|_| snapshot.is_multinode_parent() && snapshot.log_streams().is_empty())
+            .map(|n| n.main_node.unwrap_or(0));
+        if request.once {
+            // What there is to read now of a multi-node job is its main node's stream.
+            if let Some(main) = main_node {
+                drop(updates);
+                request.job_id = nodes::node_id(&request.job_id, main);
+                return tracker.follow_with(request, sink).wait().await;
+            }
+        } else if snapshot.is_array_parent() {
+            request.array = Some(array::ArrayFollow::default());
+        } else if snapshot.is_multinode_parent() {
+            request.nodes = Some(nodes::NodeFollow::default());
+        }
+    }
+    let Some(first) = first else {
+        return Err(TrackError::NotFound {
+            job_id: request.job_id,
+        });
+    };
+    let updates = prepend(first, updates);
+    if request.array.is_some() {
+        array::run(tracker, request, updates, sink).await
+    } else if request.nodes.is_some() {
+        Box::pin(nodes::run(tracker, request, updates, sink)).await
+    } else {
+        job::run(tracker.job_context(), request, updates, sink).await
+    }
+}
+
+/// `rest` with `first` put back in front. The forwarding ends with the reader, so the poller
+/// sees the job's channel closed as soon as its task is done.
+fn prepend(
+    first: poller::Update,
+    mut rest: mpsc::UnboundedReceiver<poller::Update>,
+) -> mpsc::UnboundedReceiver<poller::Update> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                update = rest.recv() => {
+                    let Some(u) = update else { return };
+                    if tx.send(u).is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    rx
 }
 
 /// CancelJob before the job can run, TerminateJob after (or when the state is unknown, since

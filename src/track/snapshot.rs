@@ -56,6 +56,40 @@ pub struct JobSnapshot {
     pub retry: Option<RetryPolicy>,
     /// An array parent's size and children's counts, or an array child's index.
     pub array: Option<ArraySnapshot>,
+    /// A multi-node job's node count and main node, or a node's own index.
+    pub nodes: Option<NodesSnapshot>,
+}
+
+/// `nodeProperties` of a multi-node parent, `nodeDetails` of one of its nodes (`<job>#<n>`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodesSnapshot {
+    pub num_nodes: Option<usize>,
+    pub main_node: Option<usize>,
+    /// A node's own index, and whether it is the main node (absent on the parent).
+    pub node_index: Option<usize>,
+    pub is_main: Option<bool>,
+}
+
+impl NodesSnapshot {
+    fn from_detail(detail: &JobDetail) -> Option<Self> {
+        let index = |n: Option<i32>| n.map(|n| n.max(0) as usize);
+        let properties = detail.node_properties();
+        let node = detail.node_details();
+        if properties.is_none() && node.is_none() {
+            return None;
+        }
+        Some(NodesSnapshot {
+            num_nodes: index(properties.and_then(|p| p.num_nodes())),
+            main_node: index(properties.and_then(|p| p.main_node())),
+            node_index: index(node.and_then(|n| n.node_index())),
+            is_main: node.and_then(|n| n.is_main_node()),
+        })
+    }
+
+    /// Whether this is a multi-node job's parent (it has nodes, not an index).
+    pub fn is_parent(&self) -> bool {
+        self.node_index.is_none() && self.is_main.is_none()
+    }
 }
 
 /// `arrayProperties`: a parent has a size and a status summary, a child an index.
@@ -171,7 +205,8 @@ impl JobSnapshot {
                 .and_then(|kv| kv.value())
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned),
-            started_at_ms: detail.started_at(),
+            // The SDK's model has `startedAt` required: a job that never started reads 0.
+            started_at_ms: detail.started_at().filter(|t| *t > 0),
             stopped_at_ms: detail.stopped_at(),
             retry: detail.retry_strategy().map(|r| RetryPolicy {
                 attempts: r.attempts().unwrap_or(1).max(1) as usize,
@@ -187,12 +222,18 @@ impl JobSnapshot {
                     .collect(),
             }),
             array: ArraySnapshot::from_detail(detail),
+            nodes: NodesSnapshot::from_detail(detail),
         })
     }
 
     /// Whether this is an array's parent, which never runs itself.
     pub fn is_array_parent(&self) -> bool {
         self.array.as_ref().is_some_and(ArraySnapshot::is_parent)
+    }
+
+    /// Whether this is a multi-node parallel job's parent, whose nodes are `<job>#<n>`.
+    pub fn is_multinode_parent(&self) -> bool {
+        self.nodes.as_ref().is_some_and(NodesSnapshot::is_parent)
     }
 
     /// The attempt that is running now (or ran last), 1-based.

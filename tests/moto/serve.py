@@ -61,7 +61,7 @@ class LocalContainer:
             return self._finish(137)
         try:
             self.proc = subprocess.Popen(
-                argv, env=job_process_env(job, environment), cwd=self.workdir,
+                argv, env=job_process_env(job, environment, name), cwd=self.workdir,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 start_new_session=True)  # own process group, so kill() gets children too
         except OSError as err:  # like docker's "executable file not found"
@@ -142,7 +142,7 @@ class LocalDockerClient:
         return LocalContainer(self.job, command, environment or {}, name)
 
 
-def job_process_env(job, container_env):
+def job_process_env(job, container_env, name=None):
     """Host env minus AWS_*/MOTO_*, plus what a Batch container sees, plus the job env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
     queue = job.job_queue
@@ -162,6 +162,14 @@ def job_process_env(job, container_env):
         parent = job.all_jobs.get(job.job_id.rsplit(":", 1)[0])
         env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
         env["AWS_BATCH_JOB_ARRAY_SIZE"] = str(len(getattr(parent, "_child_jobs", None) or []))
+    # A node of a multi-node job sees its index, the count and the main node's index, as on
+    # AWS (moto sets none; its container for node i is named "<name>-<job id>-<i>").
+    nodes = job.job_definition.node_properties if job.job_definition.type == "multinode" else None
+    if nodes and name:
+        index = name.rsplit("-", 1)[1]
+        env.update(AWS_BATCH_JOB_NODE_INDEX=index, AWS_BATCH_JOB_NUM_NODES=nodes["numNodes"],
+                   AWS_BATCH_JOB_MAIN_NODE_INDEX=nodes.get("mainNode", 0),
+                   AWS_BATCH_JOB_ID=f"{job.job_id}#{index}")
     return {k: str(v) for k, v in env.items()}
 
 
@@ -322,6 +330,44 @@ def patch_moto(state_seconds):
         orig_terminate(self, reason)
 
     Job.terminate = terminate
+
+    # 11. Multi-node jobs: moto ignores SubmitJob's nodeOverrides, so `--nodes N` ran one node
+    #     without mfbatch's environment. The job gets its own copy of the definition with
+    #     numNodes from the override and each override's environment in the node ranges it
+    #     targets (matched by their targetNodes text). Every node still writes to the job's one
+    #     stream and there are no `#n` records (the follower's fallback path).
+    import copy
+    from moto.batch.responses import BatchResponse
+    submitting = threading.local()
+    orig_submitjob, orig_init = BatchResponse.submitjob, Job.__init__
+
+    def submitjob(self):
+        submitting.node_overrides = self._get_param("nodeOverrides")
+        try:
+            return orig_submitjob(self)
+        finally:
+            submitting.node_overrides = None
+
+    def job_init(self, *args, **kwargs):
+        orig_init(self, *args, **kwargs)
+        overrides = getattr(submitting, "node_overrides", None)
+        if not overrides or self.job_definition.type != "multinode":
+            return
+        definition = copy.copy(self.job_definition)
+        nodes = copy.deepcopy(definition.node_properties)
+        nodes["numNodes"] = overrides.get("numNodes", nodes["numNodes"])
+        for override in overrides.get("nodePropertyOverrides", []):
+            env = override.get("containerOverrides", {}).get("environment", [])
+            for node_range in nodes["nodeRangeProperties"]:
+                if node_range["targetNodes"] == override["targetNodes"]:
+                    container = node_range["container"]
+                    names = {e["name"] for e in env}
+                    container["environment"] = [e for e in container.get("environment", [])
+                                                if e["name"] not in names] + env
+        definition.node_properties = nodes
+        self.job_definition = definition
+
+    BatchResponse.submitjob, Job.__init__ = submitjob, job_init
 
 
 class CallCounter:

@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use wiremock::{Request, ResponseTemplate};
 
 mod arrays;
+mod nodes;
 pub use arrays::ArrayScript;
+pub use nodes::NodesScript;
 
 use super::logs::{Pending, Release};
 use super::{now_ms, JobStatus, State, ACCOUNT, BATCH_LOG_GROUP, REGION};
@@ -360,6 +362,10 @@ pub(super) struct Job {
     array_index: Option<usize>,
     /// An array parent's children and how its summary behaves.
     array: Option<arrays::ParentArray>,
+    /// A multi-node job's node's place in it.
+    node: Option<nodes::NodePlace>,
+    /// A multi-node parent's nodes.
+    nodes: Option<nodes::ParentNodes>,
 }
 
 /// What a test can see of a job.
@@ -433,8 +439,7 @@ impl Job {
                 })
             })
             .collect();
-        let props = &self.definition["containerProperties"];
-        let overrides = &self.submit["containerOverrides"];
+        let (props, overrides) = nodes::container_sources(&self.definition, &self.submit);
         let mut environment: Vec<Value> =
             props["environment"].as_array().cloned().unwrap_or_default();
         for kv in overrides["environment"].as_array().into_iter().flatten() {
@@ -505,6 +510,23 @@ impl Job {
         if let Some(array) = self.array_properties(true) {
             obj.insert("arrayProperties".into(), array);
         }
+        if let Some(nodes) = self.node_properties() {
+            obj.insert("nodeProperties".into(), nodes);
+        }
+        if let Some(node) = self.node_details() {
+            obj.insert("nodeDetails".into(), node);
+        }
+        if self.without_container() {
+            obj.remove("container");
+        }
+        if self.shared_stream_only() {
+            let stream = detail["container"]["logStreamName"].clone();
+            detail["container"] = if stream.is_null() {
+                json!({})
+            } else {
+                json!({ "logStreamName": stream })
+            };
+        }
         detail
     }
 
@@ -529,6 +551,9 @@ impl Job {
         }
         if let Some(array) = self.array_properties(false) {
             obj.insert("arrayProperties".into(), array);
+        }
+        if let Some(node) = self.node_details() {
+            obj.insert("nodeDetails".into(), node);
         }
         if let Some(last) = self.attempts.last().filter(|a| a.stopped_at.is_some()) {
             let mut c = json!({});
@@ -858,15 +883,30 @@ impl State {
         if body.get("arrayProperties").is_some() && !(2..=10_000).contains(&array_size) {
             return client_error("arrayProperties.size must be between 2 and 10000");
         }
-        let timeline = if array_size > 0 {
-            // The parent's status follows its children (see `arrays`).
+        let num_nodes = nodes::num_nodes(&def_body, body);
+        let nodes_script = num_nodes.map(|_| self.next_nodes_script());
+        let timeline = if array_size > 0
+            || nodes_script
+                .as_ref()
+                .is_some_and(|s| !s.without_node_records)
+        {
+            // The parent's status follows its children or its main node (`arrays`, `nodes`).
             Timeline::new().status(JobStatus::Submitted, usize::MAX)
+        } else if let Some(first) = nodes_script.as_ref().and_then(|s| s.nodes.first()) {
+            first.clone()
         } else {
             self.scripted
                 .pop_front()
                 .filter(|t| !t.phases.is_empty())
                 .unwrap_or_else(|| self.default_timeline.clone())
         };
+        let end_nonce = nodes::container_sources(&def_body, body).1["environment"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|kv| kv["name"] == "MFBATCH_END_NONCE")
+            .and_then(|kv| kv["value"].as_str())
+            .map(str::to_owned);
         let id = self.uuid();
         let job = Job {
             id: id.clone(),
@@ -887,22 +927,21 @@ impl State {
             status: JobStatus::Submitted,
             status_reason: None,
             attempts: Vec::new(),
-            end_nonce: body["containerOverrides"]["environment"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|kv| kv["name"] == "MFBATCH_END_NONCE")
-                .and_then(|kv| kv["value"].as_str())
-                .map(str::to_owned),
+            end_nonce,
             auto_end_records: timeline.auto_end_records,
             array_index: None,
             array: None,
+            node: None,
+            nodes: None,
         };
         self.jobs.insert(id.clone(), job);
         self.job_order.push(id.clone());
         self.enter_phase(&id, 0);
         if array_size > 0 {
             self.spawn_children(&id, array_size);
+        }
+        if let (Some(n), Some(script)) = (num_nodes, nodes_script) {
+            self.spawn_nodes(&id, n, script);
         }
         ok(json!({"jobArn": format!("{ARN_PREFIX}job/{id}"), "jobName": name, "jobId": id}))
     }
@@ -1077,16 +1116,27 @@ impl State {
                 job.hidden_for -= 1;
                 continue;
             }
-            if job.array.is_some() {
-                self.tick_array(&id);
-            } else {
-                self.advance(&id);
+            if !self.clocked {
+                self.step(&id);
             }
-            let job = self.jobs.get_mut(&id).expect("still there");
-            out.push(job.detail());
-            job.seen += 1;
+            out.push(self.jobs[&id].detail());
         }
         ok(json!({ "jobs": out }))
+    }
+
+    /// One step of a job's timeline (one describe, or one tick of the clock when clocked).
+    pub(super) fn step(&mut self, id: &str) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        if job.array.is_some() {
+            self.tick_array(id);
+        } else if job.without_container() {
+            self.tick_nodes(id);
+        } else {
+            self.advance(id);
+        }
+        self.jobs.get_mut(id).expect("still there").seen += 1;
     }
 
     /// A phase change happens at the call that first shows it, so its effects (a new attempt's
@@ -1111,6 +1161,9 @@ impl State {
         let terminate_exit_code = self.terminate_exit_code;
         if self.jobs.get(id).is_some_and(|j| j.array.is_some()) {
             return self.stop_array(id, reason, cancel);
+        }
+        if self.jobs.get(id).is_some_and(Job::without_container) {
+            return self.stop_nodes(id, reason, cancel);
         }
         let Some(job) = self.jobs.get_mut(id) else {
             return client_error(&format!("Job {id} not found"));
@@ -1149,6 +1202,9 @@ impl State {
     fn list_jobs(&self, body: &Value) -> ResponseTemplate {
         if let Some(parent) = body["arrayJobId"].as_str() {
             return self.list_children(parent, body);
+        }
+        if let Some(parent) = body["multiNodeJobId"].as_str() {
+            return self.list_nodes(parent, body);
         }
         let queue = body["jobQueue"]
             .as_str()

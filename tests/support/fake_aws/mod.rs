@@ -31,7 +31,7 @@ use mfbatch::aws::{ClientOptions, Clients};
 use serde_json::Value;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-pub use batch::{ArrayScript, AttemptEnd, JobView, QueueSpec, Timeline};
+pub use batch::{ArrayScript, AttemptEnd, JobView, NodesScript, QueueSpec, Timeline};
 pub use mfbatch::event::JobStatus;
 
 pub const ACCOUNT: &str = "123456789012";
@@ -107,6 +107,9 @@ pub(crate) struct State {
     job_order: Vec<String>,
     scripted: VecDeque<Timeline>,
     scripted_arrays: VecDeque<batch::ArrayScript>,
+    scripted_nodes: VecDeque<batch::NodesScript>,
+    /// Timelines move on with [`FakeAws::tick`] only, not with DescribeJobs calls.
+    clocked: bool,
     default_timeline: Timeline,
     terminate_exit_code: Option<i32>,
     buckets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
@@ -136,6 +139,8 @@ impl State {
             job_order: Vec::new(),
             scripted: VecDeque::new(),
             scripted_arrays: VecDeque::new(),
+            scripted_nodes: VecDeque::new(),
+            clocked: false,
             default_timeline: Timeline::default(),
             terminate_exit_code: Some(143),
             buckets: BTreeMap::new(),
@@ -352,6 +357,22 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Moves the fake's jobs on in time rather than with each DescribeJobs (see [`FakeAws::clock`]).
+#[derive(Clone)]
+pub struct Clock(Arc<Mutex<State>>);
+
+impl Clock {
+    /// One step of each of these jobs' timelines (as one DescribeJobs of each did before), so how
+    /// often a client polls changes nothing from now on.
+    pub fn tick(&self, ids: &[String]) {
+        let mut state = lock(&self.0);
+        state.clocked = true;
+        for id in ids {
+            state.step(id);
+        }
+    }
+}
+
 /// The fake AWS: one wiremock server and the state behind it.
 pub struct FakeAws {
     server: MockServer,
@@ -410,6 +431,21 @@ impl FakeAws {
     /// The timeline of the next submitted job (queued: one per SubmitJob, in order).
     pub fn script_next_job(&self, timeline: Timeline) {
         self.state().scripted.push_back(timeline);
+    }
+
+    /// How the next multi-node job behaves (its nodes' timelines, or moto's shape).
+    pub fn script_next_nodes(&self, script: NodesScript) {
+        self.state().scripted_nodes.push_back(script);
+    }
+
+    /// A clock for this fake: from its first tick on, jobs move on only when ticked.
+    pub fn clock(&self) -> Clock {
+        Clock(self.state.clone())
+    }
+
+    /// When (epoch ms) each node of a multi-node job stopped.
+    pub fn nodes_stopped_at(&self, parent_id: &str) -> BTreeMap<usize, i64> {
+        self.state().nodes_stopped_at(parent_id)
     }
 
     /// How the next array job's children and parent behave (queued: one per array SubmitJob).
@@ -801,6 +837,62 @@ impl FakeAws {
             .send()
             .await
             .expect("submit an array")
+            .job_id()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Submits a multi-node job of `num_nodes` behaving as `script` says, as mfbatch does (one
+    /// open node range, `nodeOverrides.numNodes`, an end-record nonce); the job's id.
+    pub async fn submit_nodes(&self, num_nodes: i32, script: NodesScript) -> String {
+        use aws_sdk_batch::types::{
+            ContainerOverrides, ContainerProperties, JobDefinitionType, KeyValuePair,
+            NodeOverrides, NodeProperties, NodePropertyOverride, NodeRangeProperty,
+        };
+        self.script_next_nodes(script);
+        let clients = self.clients();
+        let range = NodeRangeProperty::builder()
+            .target_nodes("0:")
+            .container(ContainerProperties::builder().image(IMAGE).build())
+            .build();
+        let def = clients
+            .batch
+            .register_job_definition()
+            .job_definition_name("mfbatch-nodes")
+            .r#type(JobDefinitionType::Multinode)
+            .node_properties(
+                NodeProperties::builder()
+                    .num_nodes(1)
+                    .main_node(0)
+                    .node_range_properties(range)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("register a definition");
+        let nonce = KeyValuePair::builder()
+            .name("MFBATCH_END_NONCE")
+            .value("nodesnonce")
+            .build();
+        let overrides = NodePropertyOverride::builder()
+            .target_nodes("0:")
+            .container_overrides(ContainerOverrides::builder().environment(nonce).build())
+            .build();
+        clients
+            .batch
+            .submit_job()
+            .job_name("train")
+            .job_queue(QUEUE)
+            .job_definition(def.job_definition_arn().unwrap_or_default())
+            .node_overrides(
+                NodeOverrides::builder()
+                    .num_nodes(num_nodes)
+                    .node_property_overrides(overrides)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("submit a multi-node job")
             .job_id()
             .unwrap_or_default()
             .to_owned()

@@ -117,6 +117,8 @@ impl State {
                 auto_end_records: timeline.auto_end_records,
                 array_index: Some(index),
                 array: None,
+                node: None,
+                nodes: None,
             };
             self.jobs.insert(id.clone(), child);
             self.enter_phase(&id, 0);
