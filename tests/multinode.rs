@@ -318,6 +318,59 @@ async fn a_job_stopped_before_it_started_ends_without_looking_for_nodes() {
 }
 
 #[tokio::test]
+async fn a_job_no_environment_places_is_warned_about_and_cancelled_as_a_whole() {
+    let fake = FakeAws::start().await;
+    let id = fake
+        .submit_nodes(
+            3,
+            NodesScript::each(3, |_| {
+                Timeline::new()
+                    .status(JobStatus::Runnable, 100_000)
+                    .succeeded()
+            }),
+        )
+        .await;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink: EventSink = {
+        let events = events.clone();
+        Arc::new(move |e| events.lock().unwrap().push(e))
+    };
+    let config = mfbatch::track::TrackerConfig {
+        runnable_warning: Duration::from_millis(100),
+        runnable_timeout: Some(Duration::from_millis(400)),
+        ..fast_tracker_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        tracker.follow_with(nodes_request(&id), sink).wait(),
+    )
+    .await
+    .expect("the follow ends");
+    assert!(
+        matches!(
+            &result,
+            Err(mfbatch::track::TrackError::RunnableTimeout { job_id, .. }) if *job_id == id
+        ),
+        "{result:?}"
+    );
+    let stuck = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Warning(mfbatch::event::Warning::StuckRunnable { job_id, .. }) if *job_id == id))
+        .count();
+    assert_eq!(stuck, 1, "one warning, about the job");
+    let cancels = fake.requests("CancelJob");
+    assert_eq!(cancels.len(), 1, "{cancels:?}");
+    assert_eq!(cancels[0]["jobId"], id, "the job, not a node, is cancelled");
+    assert!(
+        fake.requests("TerminateJob").iter().all(|r| r["jobId"] == id),
+        "no node id is stopped"
+    );
+}
+
+#[tokio::test]
 async fn a_job_is_followed_the_way_its_description_calls_for() {
     let fake = FakeAws::start().await;
     let id = fake.submit_nodes(3, script(3, 0, Some(1))).await;
@@ -411,7 +464,10 @@ async fn run_nodes_streams_the_main_node_and_shows_a_failed_nodes_last_lines() {
         "{}",
         kill.render()
     );
-    assert!(fake.requests("TerminateJob").is_empty());
+    assert!(
+        fake.requests("TerminateJob").iter().all(|r| r["jobId"] == id),
+        "no node id is stopped"
+    );
 
     // `--no-follow` reads what there is: the main node's stream.
     let logs = cli.run(&["logs", "--no-follow", &id]);

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use super::budget::RateBudget;
 use super::logs::{self, FollowEnd, StreamRef};
 use super::poller::{self, Update};
+use super::runnable::RunnableWatch;
 use super::snapshot::JobSnapshot;
-use super::{stop_job, FollowRequest, TrackError, TrackerConfig};
+use super::{FollowRequest, TrackError, TrackerConfig};
 use crate::bootstrap::end_record::StepEnd;
 use crate::event::{Event, EventSink, JobStatus, Outcome, Warning};
-use crate::launch::queue;
 
 pub struct Context {
     pub batch: aws_sdk_batch::Client,
@@ -46,8 +46,7 @@ pub async fn run(
         followed: HashSet::new(),
         status: None,
         status_since: Instant::now(),
-        runnable_warned: false,
-        stopped_for_runnable: false,
+        runnable: RunnableWatch::default(),
         last: None,
         ended: false,
         step_end: None,
@@ -86,11 +85,8 @@ pub async fn run(
         // `once` on a live job: there is no outcome yet.
         return Ok(snapshot.outcome_so_far());
     }
-    if job.stopped_for_runnable {
-        return Err(TrackError::RunnableTimeout {
-            job_id: job.job_id,
-            waited: ctx.config.runnable_timeout.unwrap_or_default(),
-        });
+    if job.runnable.stopped() {
+        return Err(RunnableWatch::timeout(&ctx, job.job_id));
     }
     Ok(job.finish(snapshot.outcome(job.step_end)))
 }
@@ -183,8 +179,7 @@ struct FollowedJob<'a> {
     followed: HashSet<String>,
     status: Option<JobStatus>,
     status_since: Instant,
-    runnable_warned: bool,
-    stopped_for_runnable: bool,
+    runnable: RunnableWatch,
     /// The latest snapshot, whether Batch reported the end, and what the last step end said.
     last: Option<JobSnapshot>,
     ended: bool,
@@ -334,93 +329,9 @@ impl FollowedJob<'_> {
         }
         if snapshot.status == JobStatus::Runnable {
             // Boxed: rare, and its AWS calls would make every job's task as large as they are.
-            Box::pin(self.watch_runnable(snapshot)).await?;
+            let waited = self.status_since.elapsed();
+            Box::pin(self.runnable.check(self.ctx, snapshot, waited, self.events)).await?;
         }
         Ok(())
     }
-
-    /// Warns about (and with a timeout, stops) a job that no compute environment places.
-    async fn watch_runnable(&mut self, snapshot: &JobSnapshot) -> Result<(), TrackError> {
-        let ctx = self.ctx;
-        let job_id = &self.job_id;
-        let waited = self.status_since.elapsed();
-        if !self.runnable_warned && waited >= ctx.config.runnable_warning {
-            self.runnable_warned = true;
-            let detail = runnable_detail(ctx, snapshot).await;
-            (self.events)(Event::Warning(Warning::StuckRunnable {
-                job_id: job_id.clone(),
-                seconds: waited.as_secs(),
-                reason: snapshot.status_reason.clone(),
-                detail,
-            }));
-        }
-        if let Some(limit) = ctx.config.runnable_timeout {
-            if waited >= limit && !self.stopped_for_runnable {
-                self.stopped_for_runnable = true;
-                let reason = format!("mfbatch: RUNNABLE for longer than {}s", limit.as_secs());
-                (self.events)(Event::Terminating {
-                    job_id: job_id.clone(),
-                    reason: reason.clone(),
-                });
-                stop_job(&ctx.batch, &ctx.batch_budget, job_id, self.status, &reason)
-                    .await
-                    .map_err(|e| TrackError::Aws {
-                        job_id: job_id.clone(),
-                        source: Arc::new(e),
-                    })?;
-                let _ = ctx.poller.send(poller::Command::PollSoon {
-                    job_id: job_id.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What can be said about why a job is not placed: its request against the queue's capacity.
-async fn runnable_detail(ctx: &Context, snapshot: &JobSnapshot) -> Option<String> {
-    let requested = format!(
-        "requested {} vCPU and {} MiB",
-        snapshot.vcpus.as_deref().unwrap_or("?"),
-        snapshot.memory_mib.as_deref().unwrap_or("?")
-    );
-    ctx.batch_budget.acquire().await;
-    let info = queue::describe(&ctx.batch, &snapshot.queue)
-        .await
-        .ok()
-        .flatten();
-    let Some(info) = info else {
-        return Some(requested);
-    };
-    let environments: Vec<String> = info
-        .compute_environments
-        .iter()
-        .map(|ce| {
-            format!(
-                "{} ({}{}, max {} vCPU)",
-                ce.name,
-                if ce.resource_type.is_empty() {
-                    "unmanaged"
-                } else {
-                    &ce.resource_type
-                },
-                if ce.state == "ENABLED" || ce.state.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {}", ce.state)
-                },
-                ce.max_vcpus.map_or("?".into(), |v| v.to_string())
-            )
-        })
-        .collect();
-    Some(format!(
-        "{requested}; queue {} ({}) uses {}",
-        info.name,
-        info.state,
-        if environments.is_empty() {
-            "no compute environment".into()
-        } else {
-            environments.join(", ")
-        }
-    ))
 }

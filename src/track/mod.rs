@@ -22,6 +22,7 @@ pub mod logs;
 pub mod nodes;
 mod outcome;
 mod poller;
+mod runnable;
 pub mod snapshot;
 pub mod sweep;
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::job::{describe_error, snapshot_from};
 use super::poller::{self, Update};
+use super::runnable::RunnableWatch;
 use super::snapshot::{self, JobSnapshot};
 use super::{FollowRequest, TrackError, Tracker, MAX_IDS_PER_CALL};
 use crate::bootstrap::end_record;
@@ -75,15 +76,26 @@ pub(super) async fn run(
         tracker: tracker.clone(),
         events: events.clone(),
     };
-    // Until the main node may run, only the parent is watched (node records may not exist yet).
+    // Until the main node may run, only the parent is watched (node records may not exist yet);
+    // a parent no compute environment places is warned about and stopped like any job.
+    let ctx = tracker.job_context();
+    let mut runnable = RunnableWatch::default();
     let snapshot = loop {
         let Some(snapshot) = snapshot_from(&job.job_id, updates.recv().await, &events)? else {
             continue;
         };
+        if runnable.stopped() && snapshot.status.is_terminal() {
+            job.on_parent(&snapshot);
+            return Err(RunnableWatch::timeout(&ctx, job.job_id));
+        }
         if job.without_node_records(&snapshot) || never_ran(&snapshot) {
             return fallback(&tracker, request, snapshot, updates, events).await;
         }
         job.on_parent(&snapshot);
+        if snapshot.status == JobStatus::Runnable {
+            let waited = job.status_since.elapsed();
+            Box::pin(runnable.check(&ctx, &snapshot, waited, &events)).await?;
+        }
         if snapshot.status >= JobStatus::Starting {
             break snapshot;
         }
