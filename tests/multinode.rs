@@ -365,7 +365,9 @@ async fn a_job_no_environment_places_is_warned_about_and_cancelled_as_a_whole() 
     assert_eq!(cancels.len(), 1, "{cancels:?}");
     assert_eq!(cancels[0]["jobId"], id, "the job, not a node, is cancelled");
     assert!(
-        fake.requests("TerminateJob").iter().all(|r| r["jobId"] == id),
+        fake.requests("TerminateJob")
+            .iter()
+            .all(|r| r["jobId"] == id),
         "no node id is stopped"
     );
 }
@@ -465,7 +467,9 @@ async fn run_nodes_streams_the_main_node_and_shows_a_failed_nodes_last_lines() {
         kill.render()
     );
     assert!(
-        fake.requests("TerminateJob").iter().all(|r| r["jobId"] == id),
+        fake.requests("TerminateJob")
+            .iter()
+            .all(|r| r["jobId"] == id),
         "no node id is stopped"
     );
 
