@@ -176,14 +176,7 @@ impl Writer {
 
     fn write(&mut self, event: &Event) {
         if self.options.output == Output::Json {
-            if let Ok(line) = serde_json::to_string(event) {
-                self.pending.extend_from_slice(line.as_bytes());
-                self.pending.push(b'\n');
-            }
-            if self.pending.len() >= FLUSH_BYTES {
-                self.flush();
-            }
-            return;
+            return self.write_json(event);
         }
         let style = self.options.style;
         match event {
@@ -227,6 +220,36 @@ impl Writer {
             Event::StepExited { .. } | Event::ArrayDone { .. } | Event::AttemptStarted { .. } => {}
             // `stack` commands render their own events (stack_cmd).
             Event::Stack(_) => {}
+            Event::ArrayProgress { .. }
+            | Event::ChildFailed { .. }
+            | Event::ChildLogTail { .. }
+            | Event::NodesProgress { .. }
+            | Event::NodeFailed { .. }
+            | Event::NodeLogTail { .. } => self.write_parts(event),
+            Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
+            other => {
+                if let Some(line) = words::progress(other) {
+                    self.status(line);
+                }
+            }
+        }
+    }
+
+    fn write_json(&mut self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            self.pending.extend_from_slice(line.as_bytes());
+            self.pending.push(b'\n');
+        }
+        if self.pending.len() >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// The events of a job made of parts (an array's children, a multi-node job's nodes):
+    /// counts, failures and their last lines.
+    fn write_parts(&mut self, event: &Event) {
+        let style = self.options.style;
+        match event {
             Event::ArrayProgress {
                 job_name,
                 size,
@@ -276,12 +299,7 @@ impl Writer {
                 lines,
                 ..
             } => self.status(words::node_tail(node_id, *node_index, lines, &style)),
-            Event::Exited(outcome) => self.status(words::exited(outcome, &style)),
-            other => {
-                if let Some(line) = words::progress(other) {
-                    self.status(line);
-                }
-            }
+            _ => {}
         }
     }
 

@@ -82,18 +82,12 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         return Ok(exit::SUCCESS);
     }
     let heartbeats = recorder.clone().map(|r| tokio::spawn(r.run_heartbeats()));
-    let request = FollowRequest {
-        array: array_size.map(|_| ArrayFollow {
-            show_failed: args.batch.show_failed,
-            follow_indexes: args.batch.follow_index.clone(),
-            ..ArrayFollow::default()
-        }),
-        nodes: multinode.then(|| NodeFollow {
-            show_failed: args.batch.show_failed,
-            ..NodeFollow::default()
-        }),
-        ..FollowRequest::new(submitted.job_id.clone())
-    };
+    let request = follow_request(
+        &args,
+        submitted.job_id.clone(),
+        array_size.is_some(),
+        multinode,
+    );
     let code = follow::follow(
         &clients,
         follow::tracker_config(
@@ -117,6 +111,22 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     heartbeats.inspect(|h| h.abort());
     finish_metadata(recorder, metadata.as_ref(), global).await;
     code
+}
+
+/// How `run` follows what it submitted: an array or a multi-node job as one thing.
+fn follow_request(args: &RunArgs, job_id: String, array: bool, multinode: bool) -> FollowRequest {
+    FollowRequest {
+        array: array.then(|| ArrayFollow {
+            show_failed: args.batch.show_failed,
+            follow_indexes: args.batch.follow_index.clone(),
+            ..ArrayFollow::default()
+        }),
+        nodes: multinode.then(|| NodeFollow {
+            show_failed: args.batch.show_failed,
+            ..NodeFollow::default()
+        }),
+        ..FollowRequest::new(job_id)
+    }
 }
 
 /// Everything `run` checks before any AWS call.
@@ -225,31 +235,15 @@ async fn launch_batch(
     let recorder_slot: std::sync::Mutex<Option<Arc<Recorder>>> = Default::default();
     // Everything before SubmitJob may be abandoned on an interrupt: what it leaves behind is
     // content-addressed and reused by the next run, and no job exists yet.
-    let before_submit = async {
-        let prepared = launch::prepare(spec, &events).await?;
-        let plan = launch::plan(clients, &prepared).await?;
-        for warning in &plan.warnings {
-            events(mfbatch::event::Event::Warning(warning.clone()));
-        }
-        let script = prepared.spec.script.clone();
-        let facts = metadata_cmd::facts(&script, &plan, clients.region());
-        if args.dry_run {
-            let mut doc = dry_run_document(&prepared, &plan);
-            if let Some(meta) = metadata {
-                doc["metadata"] = serde_json::json!({
-                    "backend": meta.backend.describe(),
-                    "records": recorder::dry_run_records(&meta.record, &facts),
-                });
-            }
-            return Ok::<_, launch::LaunchError>(BeforeSubmit::DryRun(Box::new(doc)));
-        }
-        // In the spool before SubmitJob; sent while the package uploads.
-        *recorder_slot.lock().expect("slot") =
-            metadata.and_then(|meta| metadata_cmd::start(meta, facts, global));
-        Ok(BeforeSubmit::Staged(Box::new(
-            launch::stage(clients, &prepared, plan, &events).await?,
-        )))
-    };
+    let before_submit = prepare_and_stage(
+        args,
+        spec,
+        clients,
+        metadata,
+        &recorder_slot,
+        &events,
+        global,
+    );
     let staged = tokio::select! {
         staged = before_submit => Some(staged),
         _ = signals.recv() => None,
@@ -280,12 +274,7 @@ async fn launch_batch(
         }
     };
     if let Some(recorder) = &recorder {
-        let environment = &mut staged.submit_job.container_overrides.environment;
-        for (name, value) in recorder.job_environment() {
-            if !environment.iter().any(|kv| kv.name == name) {
-                environment.push(NameValue { name, value });
-            }
-        }
+        add_metadata_environment(&mut staged, recorder);
     }
     let events = match &recorder {
         Some(recorder) => recorder.sink(events),
@@ -303,6 +292,52 @@ async fn launch_batch(
         Err(e) => {
             recorder.inspect(|r| r.abandon());
             Err(e.into())
+        }
+    }
+}
+
+/// Package, plan, and unless `--dry-run`, stage (the metadata recorder starts in `recorder`
+/// before the upload, so its records are sent while the package goes up).
+async fn prepare_and_stage(
+    args: &RunArgs,
+    spec: mfbatch::spec::JobSpec,
+    clients: &Clients,
+    metadata: Option<&metadata_cmd::RunMetadata>,
+    recorder: &std::sync::Mutex<Option<Arc<Recorder>>>,
+    events: &mfbatch::event::EventSink,
+    global: Global,
+) -> Result<BeforeSubmit, launch::LaunchError> {
+    let prepared = launch::prepare(spec, events).await?;
+    let plan = launch::plan(clients, &prepared).await?;
+    for warning in &plan.warnings {
+        events(mfbatch::event::Event::Warning(warning.clone()));
+    }
+    let script = prepared.spec.script.clone();
+    let facts = metadata_cmd::facts(&script, &plan, clients.region());
+    if args.dry_run {
+        let mut doc = dry_run_document(&prepared, &plan);
+        if let Some(meta) = metadata {
+            doc["metadata"] = serde_json::json!({
+                "backend": meta.backend.describe(),
+                "records": recorder::dry_run_records(&meta.record, &facts),
+            });
+        }
+        return Ok(BeforeSubmit::DryRun(Box::new(doc)));
+    }
+    // In the spool before SubmitJob; sent while the package uploads.
+    *recorder.lock().expect("slot") =
+        metadata.and_then(|meta| metadata_cmd::start(meta, facts, global));
+    Ok(BeforeSubmit::Staged(Box::new(
+        launch::stage(clients, &prepared, plan, events).await?,
+    )))
+}
+
+/// The variables the bootstrap needs to record the task's metadata, unless the user set them.
+fn add_metadata_environment(staged: &mut launch::Staged, recorder: &Recorder) {
+    let environment = &mut staged.submit_job.container_overrides.environment;
+    for (name, value) in recorder.job_environment() {
+        if !environment.iter().any(|kv| kv.name == name) {
+            environment.push(NameValue { name, value });
         }
     }
 }
