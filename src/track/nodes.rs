@@ -60,44 +60,11 @@ pub(super) async fn run(
     events: EventSink,
 ) -> Result<Outcome, TrackError> {
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
-    let mut job = FollowedNodes {
-        follow: request.nodes.clone().unwrap_or_default(),
-        job_id: request.job_id.clone(),
-        job_name: String::new(),
-        num_nodes: 0,
-        main_node: 0,
-        status: None,
-        status_since: Instant::now(),
-        nodes: BTreeMap::new(),
-        counts: BTreeMap::new(),
-        failed: BTreeSet::new(),
-        tails_shown: 0,
-        main_seen: false,
-        tracker: tracker.clone(),
-        events: events.clone(),
-    };
-    // Until the main node may run, only the parent is watched (node records may not exist yet);
-    // a parent no compute environment places is warned about and stopped like any job.
-    let ctx = tracker.job_context();
-    let mut runnable = RunnableWatch::default();
-    let snapshot = loop {
-        let Some(snapshot) = snapshot_from(&job.job_id, updates.recv().await, &events)? else {
-            continue;
-        };
-        if runnable.stopped() && snapshot.status.is_terminal() {
-            job.on_parent(&snapshot);
-            return Err(RunnableWatch::timeout(&ctx, job.job_id));
-        }
-        if job.without_node_records(&snapshot) || never_ran(&snapshot) {
-            return fallback(&tracker, request, snapshot, updates, events).await;
-        }
-        job.on_parent(&snapshot);
-        if snapshot.status == JobStatus::Runnable {
-            let waited = job.status_since.elapsed();
-            Box::pin(runnable.check(&ctx, &snapshot, waited, &events)).await?;
-        }
-        if snapshot.status >= JobStatus::Starting {
-            break snapshot;
+    let mut job = FollowedNodes::new(&tracker, &request, &events);
+    let snapshot = match job.until_started(&mut updates).await? {
+        Start::Started(snapshot) => snapshot,
+        Start::Fallback(snapshot) => {
+            return fallback(&tracker, request, snapshot, updates, events).await
         }
     };
     let main = job.follow_main(&request, &notes_tx);
@@ -214,7 +181,65 @@ struct FollowedNodes {
     main_seen: bool,
 }
 
+/// How the wait for the main node ended.
+enum Start {
+    /// The job is STARTING or later: its nodes exist.
+    Started(JobSnapshot),
+    /// Followed as an ordinary job from this snapshot (no node records, or it never ran).
+    Fallback(JobSnapshot),
+}
+
 impl FollowedNodes {
+    fn new(tracker: &Tracker, request: &FollowRequest, events: &EventSink) -> Self {
+        FollowedNodes {
+            follow: request.nodes.clone().unwrap_or_default(),
+            job_id: request.job_id.clone(),
+            job_name: String::new(),
+            num_nodes: 0,
+            main_node: 0,
+            status: None,
+            status_since: Instant::now(),
+            nodes: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            tails_shown: 0,
+            main_seen: false,
+            tracker: tracker.clone(),
+            events: events.clone(),
+        }
+    }
+
+    /// Until the main node may run, only the parent is watched (node records may not exist
+    /// yet); a parent no compute environment places is warned about and stopped like any job.
+    async fn until_started(
+        &mut self,
+        updates: &mut mpsc::UnboundedReceiver<Update>,
+    ) -> Result<Start, TrackError> {
+        let ctx = self.tracker.job_context();
+        let mut runnable = RunnableWatch::default();
+        loop {
+            let Some(snapshot) = snapshot_from(&self.job_id, updates.recv().await, &self.events)?
+            else {
+                continue;
+            };
+            if runnable.stopped() && snapshot.status.is_terminal() {
+                self.on_parent(&snapshot);
+                return Err(RunnableWatch::timeout(&ctx, self.job_id.clone()));
+            }
+            if self.without_node_records(&snapshot) || never_ran(&snapshot) {
+                return Ok(Start::Fallback(snapshot));
+            }
+            self.on_parent(&snapshot);
+            if snapshot.status == JobStatus::Runnable {
+                let waited = self.status_since.elapsed();
+                Box::pin(runnable.check(&ctx, &snapshot, waited, &self.events)).await?;
+            }
+            if snapshot.status >= JobStatus::Starting {
+                return Ok(Start::Started(snapshot));
+            }
+        }
+    }
+
     /// Not a multi-node parent after all, or one whose nodes share its own stream (moto).
     fn without_node_records(&self, snapshot: &JobSnapshot) -> bool {
         !self.main_seen && (!snapshot.is_multinode_parent() || !snapshot.log_streams().is_empty())
