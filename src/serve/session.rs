@@ -32,6 +32,8 @@ pub struct Connection {
     ending: AtomicBool,
     shutdown: Mutex<Option<(Value, ShutdownParams)>>,
     shutdown_asked: Notify,
+    /// A wrong token: the connection ends, so it cannot try another.
+    refused: Notify,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -90,6 +92,7 @@ where
         ending: AtomicBool::new(false),
         shutdown: Mutex::default(),
         shutdown_asked: Notify::new(),
+        refused: Notify::new(),
     });
     let mut writer_task = tokio::spawn(async move { outbox.run_writer(writer).await });
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
@@ -111,6 +114,7 @@ where
                 let mode = stop.wait_for(Option::is_some).await;
                 mode.map(|m| m.unwrap_or_default()).unwrap_or_default()
             } => break (mode, None),
+            _ = conn.refused.notified() => break (EndMode::Detach, None),
             _ = conn.shutdown_asked.notified() => {
                 let params = conn.shutdown.lock().expect("lock").as_ref().map(|s| s.1.clone());
                 let params = params.unwrap_or_default();
@@ -182,7 +186,12 @@ impl Connection {
         };
         if request.method == "hello" {
             let result = self.hello(&request.params);
-            return self.reply(request.id, result);
+            let refused = matches!(&result, Err(e) if e.code == UNAUTHORIZED);
+            self.reply(request.id, result);
+            if refused {
+                self.refused.notify_one();
+            }
+            return;
         }
         if !self.greeted.load(Ordering::Acquire) {
             let error = RpcError::new(NOT_INITIALIZED, "send hello first");
