@@ -357,3 +357,91 @@ async fn end_of_input_detaches_or_kills_as_asked_and_shutdown_drains() {
     assert_eq!(fake.calls("TerminateJob"), 1, "SIGTERM stops no job");
     assert_eq!(fake.calls("SubmitJob"), 4);
 }
+
+/// Waits until `count` has not moved for `quiet` (sampled every 250 ms); its value then.
+async fn plateau(count: impl Fn() -> usize, quiet: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut last, mut since) = (count(), tokio::time::Instant::now());
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = count();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+    }
+    panic!("still moving after {WAIT:?}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_pauses_the_log_reads_and_loses_nothing() {
+    let (jobs, lines_per_job, page) = (6, 2000, 100);
+    let fake = FakeAws::start().await;
+    fake.set_log_page_size(page);
+    let text: Vec<String> = (0..lines_per_job)
+        .map(|n| format!("line {n:05} {}", "x".repeat(200)))
+        .collect();
+    let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+    fake.set_default_timeline(lines_job(&refs, 3));
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let keys: Vec<String> = (0..jobs).map(|i| format!("s{i}")).collect();
+    for key in &keys {
+        serve
+            .call("launch", json!({"key": key, "script": machine.script()}))
+            .await;
+    }
+    // The client stops reading. Each job's 256 KiB credit covers about 700 of its 2,000 lines:
+    // the followers must stop calling GetLogEvents, all of them, well before the last page.
+    serve.paused.send_replace(true);
+    let reads = || fake.calls("GetLogEvents");
+    let stalled_at = plateau(reads, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        reads(),
+        stalled_at,
+        "no read while the client reads nothing"
+    );
+    let pages = jobs * lines_per_job / page;
+    assert!(
+        stalled_at < pages,
+        "paused before the end: {stalled_at} of {pages} pages read"
+    );
+    assert_eq!(fake.jobs().len(), jobs);
+    serve.paused.send_replace(false);
+    serve
+        .until(WAIT, |e| {
+            e.iter().filter(|e| e["event"] == "exited").count() >= jobs
+        })
+        .await;
+    assert!(
+        reads() >= stalled_at + jobs * 5,
+        "the reads went on once the client read: {stalled_at} then {}",
+        reads()
+    );
+    eprintln!(
+        "stalled reader: {stalled_at} of {pages} GetLogEvents pages read before the pause, {} in all",
+        reads()
+    );
+    for key in &keys {
+        assert_eq!(
+            lines_of(&serve.events, key),
+            text,
+            "every line of {key} once, in order"
+        );
+        let last = serve
+            .events
+            .iter()
+            .rfind(|e| e["key"] == json!(key))
+            .unwrap();
+        assert_eq!(
+            last["event"], "exited",
+            "exited after the last line of {key}"
+        );
+        assert_eq!(last["log_lines"]["1"], lines_per_job, "{last}");
+    }
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
