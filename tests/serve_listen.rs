@@ -292,3 +292,123 @@ async fn only_loopback_with_a_token_file_is_listened_on() {
     assert!(!stderr.is_empty());
     assert_eq!(fake.mutating_calls(), Vec::<String>::new());
 }
+
+fn messages(events: &[Value], job_id: &Value) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["job_id"] == *job_id && e["event"] == "log")
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Reads until the job's `exited`; asserts it is the job's last event.
+async fn to_exit<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    conn: &mut Conn<R, W>,
+    job_id: &Value,
+) {
+    let done = |c: &Conn<R, W>| {
+        c.events
+            .iter()
+            .any(|e| e["job_id"] == *job_id && e["event"] == "exited")
+    };
+    while !done(conn) {
+        conn.next().await.expect("the job's events");
+    }
+    let last = conn
+        .events
+        .iter()
+        .rfind(|e| e["job_id"] == *job_id)
+        .unwrap();
+    assert_eq!(last["event"], "exited", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_follow_one_job_with_one_status_poll() {
+    let fake = FakeAws::start().await;
+    let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+    let early: Vec<&str> = lines[..10].iter().map(String::as_str).collect();
+    let late: Vec<&str> = lines[10..].iter().map(String::as_str).collect();
+    fake.set_default_timeline(
+        Timeline::new()
+            .status(JobStatus::Submitted, 1)
+            .running(15)
+            .logs(&early)
+            .logs_after_reads(4, &late)
+            .succeeded(),
+    );
+    let machine = Machine::new(&fake);
+    let socket = machine.home.path().join("run/sock");
+    let mut child = daemon(
+        &machine,
+        &["--listen", &format!("unix:{}", socket.display())],
+    );
+    listening(&mut child).await;
+    let connect = || async {
+        let (r, w) = tokio::net::UnixStream::connect(&socket)
+            .await
+            .unwrap()
+            .into_split();
+        let mut conn = Conn::new(r, w);
+        assert!(conn.hello(None).await.unwrap().get("result").is_some());
+        conn
+    };
+    let (mut one, mut two, mut three) = (connect().await, connect().await, connect().await);
+    let launch = json!({"key": "shared", "script": machine.script()});
+    one.call("launch", launch).await.unwrap();
+    let job_id = loop {
+        if let Some(s) = one.events.iter().find(|e| e["event"] == "submitted") {
+            break s["job_id"].clone();
+        }
+        one.next().await.expect("submitted");
+    };
+    // A dashboard, and a connection that leaves after its first line.
+    for conn in [&mut two, &mut three] {
+        let answer = conn
+            .call("follow", json!({"job_id": job_id}))
+            .await
+            .unwrap();
+        assert_eq!(answer["result"]["key"], "shared", "{answer}");
+    }
+    while messages(&three.events, &job_id).is_empty() {
+        three.next().await.expect("a line");
+    }
+    drop(three);
+    to_exit(&mut one, &job_id).await;
+    to_exit(&mut two, &job_id).await;
+    for (name, conn) in [("launcher", &one), ("follower", &two)] {
+        assert_eq!(
+            messages(&conn.events, &job_id),
+            lines,
+            "{name}: every line once, in order"
+        );
+        let exited = conn
+            .events
+            .iter()
+            .rfind(|e| e["event"] == "exited")
+            .unwrap();
+        assert_eq!(exited["log_lines"]["1"], 30, "{name}: {exited}");
+        assert_eq!(exited["exit_code"], 0, "{name}: {exited}");
+    }
+    // One status poll for the job, however many follow it: never twice in a call, and no more
+    // calls naming it than its timeline has describes (17) plus the answers after its end.
+    let describes: Vec<Value> = fake.requests("DescribeJobs");
+    let naming: Vec<&Value> = describes
+        .iter()
+        .filter(|r| r["jobs"].as_array().unwrap().contains(&job_id))
+        .collect();
+    for request in &naming {
+        let ids = request["jobs"].as_array().unwrap();
+        assert_eq!(
+            ids.iter().filter(|id| **id == job_id).count(),
+            1,
+            "{request}"
+        );
+    }
+    assert!(
+        naming.len() <= 41 + 3,
+        "{} DescribeJobs name the job",
+        naming.len()
+    );
+    stop(child).await;
+    assert_eq!(fake.calls("SubmitJob"), 1);
+}

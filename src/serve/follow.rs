@@ -136,22 +136,12 @@ pub fn sink(conn: &Arc<Connection>, sub: &Arc<Sub>) -> EventSink {
     })
 }
 
-/// Follows `job_id` for the subscription, skipping what `cursor` says was delivered; false when
-/// another subscription follows it (the tracker's poller keeps one watch per job).
-pub fn start(
-    conn: &Arc<Connection>,
-    sub: &Arc<Sub>,
-    job_id: String,
-    logs: bool,
-    cursor: Cursor,
-) -> bool {
+/// Follows `job_id` for the subscription, skipping what `cursor` says was delivered. Other
+/// subscriptions (other connections) may follow the job too: its status polls are shared by
+/// the tracker's poller; each reads the logs under its own credit (CloudWatch is the buffer).
+pub fn start(conn: &Arc<Connection>, sub: &Arc<Sub>, job_id: String, logs: bool, cursor: Cursor) {
     *sub.job_id.lock().expect("sub lock") = Some(job_id.clone());
     sub.lines.lock().expect("sub lock").1 = cursor;
-    if !conn.daemon.claim_follower(&job_id, sub) {
-        sub.done.send_replace(true);
-        conn.outbox.close_queue(sub.queue);
-        return false;
-    }
     let request = FollowRequest {
         without_logs: !logs,
         log_credit: Some(sub.credit.clone()),
@@ -173,7 +163,6 @@ pub fn start(
         }
         sub.done.send_replace(true);
     });
-    true
 }
 
 /// Once the launch settles: `submitted` then following, or `launch_failed`.

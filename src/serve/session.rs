@@ -339,11 +339,7 @@ impl Connection {
             old.unfollow();
         }
         let sub = Sub::new(self, key.clone(), Some(job_id.clone()));
-        if !follow::start(self, &sub, job_id.clone(), p.logs, cursor) {
-            // The tracker's poller keeps one watch per job: one connection follows it at a time.
-            let message = format!("job {job_id} is followed by another connection");
-            return Err(RpcError::new(INVALID_PARAMS, message));
-        }
+        follow::start(self, &sub, job_id.clone(), p.logs, cursor);
         self.add_sub(&sub);
         Ok(json!({"job_id": job_id, "key": key}))
     }
