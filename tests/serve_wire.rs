@@ -413,7 +413,8 @@ async fn a_stalled_reader_pauses_the_log_reads_and_loses_nothing() {
     serve.paused.send_replace(false);
     serve
         .until(WAIT, |e| {
-            e.iter().filter(|e| e["event"] == "exited").count() >= jobs
+            e.last().is_some_and(|l| l["event"] == "exited")
+                && e.iter().filter(|e| e["event"] == "exited").count() >= jobs
         })
         .await;
     assert!(
