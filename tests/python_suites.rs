@@ -1,5 +1,6 @@
 //! Runs the project's Python test suites from `cargo test`: the container bootstrap's
-//! (`src/bootstrap/test_bootstrap.py`, the program every job runs) and the CloudFormation
+//! (`src/bootstrap/test_bootstrap.py`, the program every job runs), the `mfbatch serve` client's
+//! (`clients/python/tests`, against a scripted daemon) and the CloudFormation
 //! template's (`tests/stack/run.sh`: cfn-lint clean, created and deleted on moto's
 //! CloudFormation, the stack a newcomer deploys).
 
@@ -39,6 +40,23 @@ fn bootstrap_python_tests_pass() {
             "discover",
             "-s",
             "src/bootstrap",
+            "-p",
+            "test_*.py",
+        ]),
+    );
+}
+
+#[test]
+fn serve_client_python_tests_pass() {
+    let python = std::env::var("MFBATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    assert_unittest_ran(
+        "serve client",
+        Command::new(&python).args([
+            "-m",
+            "unittest",
+            "discover",
+            "-s",
+            "clients/python/tests",
             "-p",
             "test_*.py",
         ]),

@@ -357,3 +357,197 @@ async fn end_of_input_detaches_or_kills_as_asked_and_shutdown_drains() {
     assert_eq!(fake.calls("TerminateJob"), 1, "SIGTERM stops no job");
     assert_eq!(fake.calls("SubmitJob"), 4);
 }
+
+/// Waits until `count` has not moved for `quiet` (sampled every 250 ms); its value then.
+async fn plateau(count: impl Fn() -> usize, quiet: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut last, mut since) = (count(), tokio::time::Instant::now());
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = count();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+    }
+    panic!("still moving after {WAIT:?}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_pauses_the_log_reads_and_loses_nothing() {
+    let (jobs, lines_per_job, page) = (6, 2000, 100);
+    let fake = FakeAws::start().await;
+    fake.set_log_page_size(page);
+    let text: Vec<String> = (0..lines_per_job)
+        .map(|n| format!("line {n:05} {}", "x".repeat(200)))
+        .collect();
+    let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+    fake.set_default_timeline(lines_job(&refs, 3));
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let keys: Vec<String> = (0..jobs).map(|i| format!("s{i}")).collect();
+    for key in &keys {
+        serve
+            .call("launch", json!({"key": key, "script": machine.script()}))
+            .await;
+    }
+    // The client stops reading. Each job's 256 KiB credit covers about 700 of its 2,000 lines:
+    // the followers must stop calling GetLogEvents, all of them, well before the last page.
+    serve.paused.send_replace(true);
+    let reads = || fake.calls("GetLogEvents");
+    let stalled_at = plateau(reads, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        reads(),
+        stalled_at,
+        "no read while the client reads nothing"
+    );
+    let pages = jobs * lines_per_job / page;
+    assert!(
+        stalled_at < pages,
+        "paused before the end: {stalled_at} of {pages} pages read"
+    );
+    assert_eq!(fake.jobs().len(), jobs);
+    serve.paused.send_replace(false);
+    serve
+        .until(WAIT, |e| {
+            e.last().is_some_and(|l| l["event"] == "exited")
+                && e.iter().filter(|e| e["event"] == "exited").count() >= jobs
+        })
+        .await;
+    assert!(
+        reads() >= stalled_at + jobs * 5,
+        "the reads went on once the client read: {stalled_at} then {}",
+        reads()
+    );
+    eprintln!(
+        "stalled reader: {stalled_at} of {pages} GetLogEvents pages read before the pause, {} in all",
+        reads()
+    );
+    for key in &keys {
+        assert_eq!(
+            lines_of(&serve.events, key),
+            text,
+            "every line of {key} once, in order"
+        );
+        let last = serve
+            .events
+            .iter()
+            .rfind(|e| e["key"] == json!(key))
+            .unwrap();
+        assert_eq!(
+            last["event"], "exited",
+            "exited after the last line of {key}"
+        );
+        assert_eq!(last["log_lines"]["1"], lines_per_job, "{last}");
+    }
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_with_array_submits_an_array_and_reports_its_events() {
+    let fake = FakeAws::start().await;
+    let child = |i: usize, code: i32| {
+        Timeline::new()
+            .status(JobStatus::Runnable, 1)
+            .running(2)
+            .logs(&[&format!("child {i} working")])
+            .exit(code)
+    };
+    fake.script_next_array(support::ArrayScript::each(3, |i| {
+        child(i, if i == 1 { 5 } else { 0 })
+    }));
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    // run's messages for run's mistakes, before any AWS write.
+    let bad = [
+        (
+            json!({"array": 0}),
+            "--array",
+            "expected 1 to 10000 children",
+        ),
+        (json!({"array": 2, "nodes": "2"}), "--nodes", "not both"),
+        (
+            json!({"array_sequential": true}),
+            "--array-sequential",
+            "needs --array N",
+        ),
+        (json!({"priority": "x"}), "--priority", ""),
+    ];
+    for (i, (extra, field, words)) in bad.into_iter().enumerate() {
+        let mut params = json!({"key": format!("bad{i}"), "script": machine.script()});
+        params
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let answer = serve.call("launch", params).await;
+        assert_eq!(answer["error"]["code"], 1, "{answer}");
+        assert_eq!(answer["error"]["data"]["field"], field, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{answer}");
+    }
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+
+    let launch = json!({"key": "arr", "script": machine.script(), "array": 3, "show_failed": 1});
+    let answer = serve.call("launch", launch.clone()).await;
+    assert_eq!(answer["result"]["deduplicated"], false, "{answer}");
+    serve
+        .until(WAIT, |e| !of(e, "arr", "exited").is_empty())
+        .await;
+    let jobs = fake.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].submit["arrayProperties"]["size"], 3,
+        "{:?}",
+        jobs[0].submit
+    );
+    let kinds: Vec<&str> = serve
+        .events
+        .iter()
+        .filter(|e| e["key"] == "arr")
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"array_progress"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"exited"), "{kinds:?}");
+    let failed = of(&serve.events, "arr", "child_failed");
+    assert_eq!(failed.len(), 1, "{kinds:?}");
+    assert_eq!(
+        (failed[0]["index"].clone(), failed[0]["exit_code"].clone()),
+        (json!(1), json!(5))
+    );
+    let done = of(&serve.events, "arr", "array_done");
+    assert_eq!(done.len(), 1, "{kinds:?}");
+    assert_eq!(done[0]["size"], 3);
+    let exited = of(&serve.events, "arr", "exited")[0].clone();
+    assert_eq!(
+        exited["exit_code"], 5,
+        "the children's common failure: {exited}"
+    );
+    // The same array as text is the same launch; another size is another.
+    let mut as_text = launch.clone();
+    as_text["array"] = json!("3");
+    as_text["follow"] = json!(false);
+    let again = serve.call("launch", as_text).await;
+    assert_eq!(again["result"]["deduplicated"], true, "{again}");
+    let mut other = launch;
+    other["array"] = json!(4);
+    assert_eq!(serve.call("launch", other).await["error"]["code"], 2);
+    assert_eq!(fake.calls("SubmitJob"), 1);
+    // A dependency on the array, child by child, and a priority: into SubmitJob as run puts them.
+    let parent = exited["job_id"].as_str().unwrap().to_owned();
+    let after = json!({"key": "after", "script": machine.script(), "follow": false,
+                       "array": 3, "depends_on": [format!("{parent}:N_TO_N")]});
+    serve.call("launch", after).await;
+    serve
+        .until(WAIT, |e| !of(e, "after", "submitted").is_empty())
+        .await;
+    let submit = &fake.jobs()[1].submit;
+    assert_eq!(submit["dependsOn"][0]["jobId"], parent, "{submit}");
+    assert_eq!(submit["dependsOn"][0]["type"], "N_TO_N", "{submit}");
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}

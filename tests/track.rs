@@ -297,6 +297,41 @@ async fn many_jobs_share_batched_describe_calls() {
 }
 
 #[tokio::test]
+async fn several_followers_of_one_job_share_its_polls() {
+    let fake = FakeAws::start().await;
+    let lines = numbered(50, "shared");
+    let timeline = Timeline::new()
+        .status(JobStatus::Runnable, 2)
+        .running(6)
+        .logs(&refs(&lines))
+        .succeeded();
+    let ids = fake.submit_jobs(vec![timeline]).await;
+    let tracker = Tracker::new(&fake.clients(), fast_config());
+    let follow = || tracker.follow(FollowRequest::new(ids[0].clone()));
+    let (mut a, mut b, gone) = (follow(), follow(), follow());
+    // A follower that leaves takes nothing from the others.
+    gone.abort_handle().abort();
+    let (from_a, from_b) = tokio::join!(log_lines(&mut a), log_lines(&mut b));
+    assert_eq!(from_a, lines);
+    assert_eq!(from_b, lines);
+    for handle in [a, b] {
+        let outcome = handle.wait().await.expect("followed");
+        assert!(outcome.succeeded());
+    }
+    // One poll serves every follower: the job is never named twice in a call, and it took no
+    // more calls than its timeline's 9 describes and the few after its end.
+    let describes = fake.requests("DescribeJobs");
+    assert!(describes
+        .iter()
+        .all(|r| r["jobs"].as_array().unwrap().len() == 1));
+    assert!(
+        describes.len() <= 9 + 3,
+        "{} DescribeJobs calls",
+        describes.len()
+    );
+}
+
+#[tokio::test]
 async fn stopping_a_job_terminates_it_with_the_reason() {
     let fake = FakeAws::start().await;
     let ids = fake

@@ -124,6 +124,13 @@ async fn serve(daemon: Arc<Daemon>, listen: Option<Listen>) -> Result<u8, Failur
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             private_dir(dir)?;
+            // A socket left by a dead daemon is replaced; a live daemon's is not taken over.
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(usage(&format!(
+                    "another daemon listens on unix:{}",
+                    path.display()
+                )));
+            }
             let _ = std::fs::remove_file(&path);
             let listener = tokio::net::UnixListener::bind(&path).map_err(io)?;
             eprintln!("mfbatch serve: listening on unix:{}", path.display());

@@ -29,7 +29,6 @@ pub struct Daemon {
     journal: Arc<Mutex<Journal>>,
     launches: Mutex<HashMap<String, Arc<Launch>>>,
     statuses: Mutex<HashMap<String, JobStatus>>,
-    followers: Mutex<HashMap<String, std::sync::Weak<super::follow::Sub>>>,
     stop: watch::Sender<Option<EndMode>>,
 }
 
@@ -55,7 +54,6 @@ impl Daemon {
             journal: Arc::new(Mutex::new(journal)),
             launches: Mutex::default(),
             statuses: Mutex::default(),
-            followers: Mutex::default(),
             stop: watch::channel(None).0,
             config,
         }))
@@ -126,17 +124,6 @@ impl Daemon {
             .lock()
             .expect("status lock")
             .insert(job_id.to_owned(), status);
-    }
-
-    /// Makes `sub` the job's follower, unless another live one is.
-    pub(crate) fn claim_follower(&self, job_id: &str, sub: &Arc<super::follow::Sub>) -> bool {
-        let mut followers = self.followers.lock().expect("followers lock");
-        followers.retain(|_, s| s.upgrade().is_some_and(|s| !s.is_done()));
-        if followers.contains_key(job_id) {
-            return false;
-        }
-        followers.insert(job_id.to_owned(), Arc::downgrade(sub));
-        true
     }
 
     pub(crate) fn status_of(&self, job_id: &str) -> Option<JobStatus> {

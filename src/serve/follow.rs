@@ -13,6 +13,7 @@ use super::outbox::QueueId;
 use super::protocol::Cursor;
 use super::session::Connection;
 use crate::event::{Event, EventSink};
+use crate::track::array::ArrayFollow;
 use crate::track::{FollowRequest, LogCredit, TrackError};
 
 /// Bytes a queued log line is counted for beyond its text (the envelope).
@@ -136,24 +137,15 @@ pub fn sink(conn: &Arc<Connection>, sub: &Arc<Sub>) -> EventSink {
     })
 }
 
-/// Follows `job_id` for the subscription, skipping what `cursor` says was delivered; false when
-/// another subscription follows it (the tracker's poller keeps one watch per job).
-pub fn start(
-    conn: &Arc<Connection>,
-    sub: &Arc<Sub>,
-    job_id: String,
-    logs: bool,
-    cursor: Cursor,
-) -> bool {
+/// Follows `job_id` for the subscription, skipping what `cursor` says was delivered. Other
+/// subscriptions (other connections) may follow the job too: its status polls are shared by
+/// the tracker's poller; each reads the logs under its own credit (CloudWatch is the buffer).
+pub fn start(conn: &Arc<Connection>, sub: &Arc<Sub>, job_id: String, how: How, cursor: Cursor) {
     *sub.job_id.lock().expect("sub lock") = Some(job_id.clone());
     sub.lines.lock().expect("sub lock").1 = cursor;
-    if !conn.daemon.claim_follower(&job_id, sub) {
-        sub.done.send_replace(true);
-        conn.outbox.close_queue(sub.queue);
-        return false;
-    }
     let request = FollowRequest {
-        without_logs: !logs,
+        without_logs: !how.logs,
+        array: how.array,
         log_credit: Some(sub.credit.clone()),
         ..FollowRequest::new(job_id.clone())
     };
@@ -173,17 +165,18 @@ pub fn start(
         }
         sub.done.send_replace(true);
     });
-    true
 }
 
-/// Once the launch settles: `submitted` then following, or `launch_failed`.
-pub fn after_launch(
-    conn: &Arc<Connection>,
-    sub: &Arc<Sub>,
-    launch: Arc<Launch>,
-    follow: bool,
-    logs: bool,
-) {
+/// How to follow a job.
+#[derive(Debug, Clone, Default)]
+pub struct How {
+    pub logs: bool,
+    /// The job is an array's parent: its children's counts, failures and end.
+    pub array: Option<ArrayFollow>,
+}
+
+/// Once the launch settles: `submitted` then following (`how`, if any), or `launch_failed`.
+pub fn after_launch(conn: &Arc<Connection>, sub: &Arc<Sub>, launch: Arc<Launch>, how: Option<How>) {
     let (conn, sub) = (conn.clone(), sub.clone());
     let mut settled = launch.settled.subscribe();
     tokio::spawn(async move {
@@ -195,11 +188,12 @@ pub fn after_launch(
             Settled::Submitted { job_id } => {
                 *sub.job_id.lock().expect("sub lock") = Some(job_id.clone());
                 sub.send(&conn, json!({"event": "submitted", "job_id": job_id}), None);
-                if follow && !conn.is_ending() {
-                    start(&conn, &sub, job_id, logs, Cursor::default());
-                } else {
-                    sub.done.send_replace(true);
-                    conn.outbox.close_queue(sub.queue);
+                match how.filter(|_| !conn.is_ending()) {
+                    Some(how) => start(&conn, &sub, job_id, how, Cursor::default()),
+                    None => {
+                        sub.done.send_replace(true);
+                        conn.outbox.close_queue(sub.queue);
+                    }
                 }
             }
             Settled::Failed { event } => sub.finish(&conn, event),

@@ -21,8 +21,9 @@ use super::protocol::{RpcError, INVALID_LAUNCH};
 use super::Daemon;
 use crate::event::{Event, EventSink};
 use crate::launch::{self, submit::REQUEST_ID_TAG};
-use crate::settings::{self, Key, Sources};
-use crate::spec::{build_spec, JobSpec, RunOptions, MAX_NAME_LEN};
+use crate::settings::{self, BatchKey, Key, Sources};
+use crate::spec::{build_spec, JobSpec, RunOptions, ScheduleOptions, MAX_NAME_LEN};
+use crate::track::array::ArrayFollow;
 
 /// The tag carrying the client's key (its SHA-256 when the key is no valid tag value).
 pub const KEY_TAG: &str = "mfbatch.key";
@@ -65,6 +66,38 @@ pub struct LaunchParams {
     /// Settings as flags: `queue`, `iam_role`, `image`, `execution_role`, `datastore_root`.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    // `run`'s arrays and scheduling flags. Left out of the hash while unset, so keys journaled
+    // before they existed keep their identity.
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub array: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub array_sequential: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_args: Option<PathBuf>,
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nodes: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub priority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// An array's first this many failed children get their last lines in `child_log_tail`
+    /// (`--show-failed`); not part of the key's identity.
+    #[serde(default, skip_serializing)]
+    pub show_failed: Option<usize>,
     /// Follow the job's logs (status is always followed); not part of the key's identity.
     #[serde(default = "yes", skip_serializing)]
     pub logs: bool,
@@ -75,6 +108,24 @@ pub struct LaunchParams {
 
 fn yes() -> bool {
     true
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+/// A flag's text, also given as a JSON number (`"array": 3` is `--array 3`).
+fn flag_text<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    Ok(Option::<Text>::deserialize(de)?.map(|t| match t {
+        Text::Text(text) => text,
+        Text::Number(n) => n.to_string(),
+    }))
 }
 
 impl LaunchParams {
@@ -112,6 +163,16 @@ impl LaunchParams {
             };
             flags.insert(key, value.clone());
         }
+        // `run` takes these two as settings too (flags above the environment and config files).
+        let scheduling = [
+            (BatchKey::Priority, &self.priority),
+            (BatchKey::Share, &self.share),
+        ];
+        for (key, value) in scheduling {
+            if let Some(value) = value {
+                flags.insert(Key::Batch(key), value.clone());
+            }
+        }
         let sources = Sources {
             flags,
             ..sources.clone()
@@ -137,8 +198,13 @@ impl LaunchParams {
             retry_any_failure: self.retry_any_failure,
             local: false,
             extra_suffixes: self.package_suffixes.clone(),
-            // Arrays, multi-node and dependencies through `serve` are not in the protocol yet.
-            schedule: Default::default(),
+            schedule: ScheduleOptions {
+                array: self.array.clone(),
+                array_sequential: self.array_sequential,
+                array_args: self.array_args.clone(),
+                nodes: self.nodes.clone(),
+                depends_on: self.depends_on.clone(),
+            },
         };
         build_spec(&settings, &options).map_err(|e| {
             let field = match &e {
@@ -147,6 +213,19 @@ impl LaunchParams {
             };
             let hint = e.hint();
             invalid(e.to_string(), field, hint)
+        })
+    }
+}
+
+impl LaunchParams {
+    /// How to follow the job: an array (2 or more children) as one thing, like `run` does.
+    pub fn array_follow(&self) -> Option<ArrayFollow> {
+        let size: u32 = self.array.as_deref()?.trim().parse().ok()?;
+        (size > 1).then(|| ArrayFollow {
+            show_failed: self
+                .show_failed
+                .unwrap_or(ArrayFollow::default().show_failed),
+            ..ArrayFollow::default()
         })
     }
 }
@@ -348,6 +427,42 @@ mod tests {
         assert_ne!(keyed_name("n", "k1"), keyed_name("n", "k2"));
         assert_eq!(key_tag("flow/1/step/2"), "flow/1/step/2");
         assert!(key_tag("a\nb").starts_with("sha256:"));
+    }
+
+    #[test]
+    fn scheduling_flags_take_numbers_and_leave_old_hashes_alone() {
+        let plain = LaunchParams {
+            key: "a".into(),
+            script: "s.py".into(),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&plain).unwrap();
+        for field in [
+            "array",
+            "nodes",
+            "depends_on",
+            "priority",
+            "share",
+            "show_failed",
+        ] {
+            assert!(!text.contains(field), "{field} in {text}");
+        }
+        let p: LaunchParams = serde_json::from_value(
+            json!({"key": "k", "script": "s.py", "array": 3, "priority": "7", "show_failed": 2}),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.array.as_deref(), p.priority.as_deref()),
+            (Some("3"), Some("7"))
+        );
+        assert_eq!(p.array_follow().map(|a| a.show_failed), Some(2));
+        let one: LaunchParams =
+            serde_json::from_value(json!({"key": "k", "script": "s.py", "array": "1"})).unwrap();
+        assert!(one.array_follow().is_none(), "an array of 1 is a plain job");
+        assert!(serde_json::from_value::<LaunchParams>(
+            json!({"key": "k", "script": "s.py", "array": [3]})
+        )
+        .is_err());
     }
 
     #[test]

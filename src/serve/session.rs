@@ -17,6 +17,7 @@ use super::lines::{next_line, Line};
 use super::outbox::Outbox;
 use super::protocol::*;
 use super::Daemon;
+use crate::track::array::ArrayFollow;
 
 /// How long an ending connection waits for its launches already in SubmitJob.
 const SETTLE_WAIT: Duration = Duration::from_secs(60);
@@ -32,6 +33,8 @@ pub struct Connection {
     ending: AtomicBool,
     shutdown: Mutex<Option<(Value, ShutdownParams)>>,
     shutdown_asked: Notify,
+    /// A wrong token: the connection ends, so it cannot try another.
+    refused: Notify,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -54,6 +57,11 @@ struct FollowParams {
     cursor: Option<String>,
     #[serde(default = "yes")]
     logs: bool,
+    /// The job is an array's parent (as `launch` with `array` ≥ 2 made): follow it as one.
+    #[serde(default)]
+    array: bool,
+    #[serde(default)]
+    show_failed: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +98,7 @@ where
         ending: AtomicBool::new(false),
         shutdown: Mutex::default(),
         shutdown_asked: Notify::new(),
+        refused: Notify::new(),
     });
     let mut writer_task = tokio::spawn(async move { outbox.run_writer(writer).await });
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
@@ -111,6 +120,7 @@ where
                 let mode = stop.wait_for(Option::is_some).await;
                 mode.map(|m| m.unwrap_or_default()).unwrap_or_default()
             } => break (mode, None),
+            _ = conn.refused.notified() => break (EndMode::Detach, None),
             _ = conn.shutdown_asked.notified() => {
                 let params = conn.shutdown.lock().expect("lock").as_ref().map(|s| s.1.clone());
                 let params = params.unwrap_or_default();
@@ -182,7 +192,12 @@ impl Connection {
         };
         if request.method == "hello" {
             let result = self.hello(&request.params);
-            return self.reply(request.id, result);
+            let refused = matches!(&result, Err(e) if e.code == UNAUTHORIZED);
+            self.reply(request.id, result);
+            if refused {
+                self.refused.notify_one();
+            }
+            return;
         }
         if !self.greeted.load(Ordering::Acquire) {
             let error = RpcError::new(NOT_INITIALIZED, "send hello first");
@@ -280,15 +295,18 @@ impl Connection {
 
     async fn launch(self: &Arc<Self>, raw: &Value) -> Result<Value, RpcError> {
         let launch: LaunchParams = params(raw)?;
-        let (follow, logs) = (launch.follow, launch.logs);
+        let how = launch.follow.then(|| follow::How {
+            logs: launch.logs,
+            array: launch.array_follow(),
+        });
         let accepted = self.daemon.accept_launch(&launch).await?;
         let key = Some(launch.key.clone());
         match accepted {
             Accepted::Known(job_id) => {
-                if follow && self.sub_for(&job_id).is_none() {
+                if let Some(how) = how.filter(|_| self.sub_for(&job_id).is_none()) {
                     let sub = Sub::new(self, key, Some(job_id.clone()));
                     self.add_sub(&sub);
-                    follow::start(self, &sub, job_id.clone(), logs, Default::default());
+                    follow::start(self, &sub, job_id.clone(), how, Default::default());
                 }
                 Ok(json!({"key": launch.key, "deduplicated": true, "job_id": job_id}))
             }
@@ -299,7 +317,7 @@ impl Connection {
                 }
                 let sub = Sub::new(self, key, None);
                 self.add_sub(&sub);
-                follow::after_launch(self, &sub, existing, follow, logs);
+                follow::after_launch(self, &sub, existing, how);
                 Ok(json!({"key": launch.key, "deduplicated": true, "job_id": null}))
             }
             Accepted::New(new, spec, intent, admitted) => {
@@ -308,7 +326,7 @@ impl Connection {
                 self.launches.lock().expect("lock").push(new.clone());
                 let replayed = intent.replayed;
                 let events = follow::sink(self, &sub);
-                follow::after_launch(self, &sub, new.clone(), follow, logs);
+                follow::after_launch(self, &sub, new.clone(), how);
                 let daemon = self.daemon.clone();
                 tokio::spawn(launcher::run(daemon, new, *spec, intent, admitted, events));
                 Ok(
@@ -330,11 +348,14 @@ impl Connection {
             old.unfollow();
         }
         let sub = Sub::new(self, key.clone(), Some(job_id.clone()));
-        if !follow::start(self, &sub, job_id.clone(), p.logs, cursor) {
-            // The tracker's poller keeps one watch per job: one connection follows it at a time.
-            let message = format!("job {job_id} is followed by another connection");
-            return Err(RpcError::new(INVALID_PARAMS, message));
-        }
+        let how = follow::How {
+            logs: p.logs,
+            array: p.array.then(|| ArrayFollow {
+                show_failed: p.show_failed.unwrap_or(ArrayFollow::default().show_failed),
+                ..ArrayFollow::default()
+            }),
+        };
+        follow::start(self, &sub, job_id.clone(), how, cursor);
         self.add_sub(&sub);
         Ok(json!({"job_id": job_id, "key": key}))
     }

@@ -1,6 +1,7 @@
 //! The one status poller of a process: it batches every followed job into DescribeJobs calls of
 //! up to 100 ids, polls each job at an interval suited to its state, and hands snapshots to the
-//! job's own task.
+//! job's own task. Several tasks may watch one job (e.g. two `serve` connections following it):
+//! the job is still polled once, and each snapshot goes to every watcher.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ const POLL_AFTER_STEP_END: Duration = Duration::from_millis(200);
 pub const MAX_IDS_PER_CALL: usize = 100;
 
 /// What the poller tells a job's task.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Update {
     Snapshot(Box<JobSnapshot>),
     /// DescribeJobs has not known the id for longer than the grace period.
@@ -49,7 +50,8 @@ pub enum Command {
 }
 
 struct Watch {
-    updates: mpsc::UnboundedSender<Update>,
+    /// Every task following the job.
+    updates: Vec<mpsc::UnboundedSender<Update>>,
     next_due: Instant,
     /// When the job entered its current status, as first seen here.
     status_since: Instant,
@@ -78,7 +80,10 @@ pub async fn run(
     let mut open = true;
     loop {
         // Drop jobs whose task has finished (it closed its receiver).
-        poller.watches.retain(|_, w| !w.updates.is_closed());
+        poller.watches.retain(|_, w| {
+            w.updates.retain(|u| !u.is_closed());
+            !w.updates.is_empty()
+        });
         if !open && poller.watches.is_empty() {
             return;
         }
@@ -155,7 +160,7 @@ impl Poller {
                 poll_interval(&self.config, status, now - watch.status_since)
             };
             watch.next_due = now + jitter(&mut self.rng, interval);
-            let _ = watch.updates.send(Update::Snapshot(Box::new(snapshot)));
+            watch.send(Update::Snapshot(Box::new(snapshot)));
         }
         for id in batch.iter().filter(|id| !seen.contains(*id)) {
             let Some(watch) = self.watches.get_mut(id) else {
@@ -165,7 +170,7 @@ impl Poller {
             watch.failing_since = None;
             let since = *watch.first_missing.get_or_insert(now);
             if now - since > watch.not_found_grace {
-                let _ = watch.updates.send(Update::NotFound);
+                watch.send(Update::NotFound);
                 self.watches.remove(id);
             } else {
                 watch.next_due = now + self.config.poll_min;
@@ -187,19 +192,19 @@ impl Poller {
                 continue;
             };
             if fatal {
-                let _ = watch.updates.send(Update::Failed(err.clone()));
+                watch.send(Update::Failed(err.clone()));
                 gave_up.push(id.clone());
                 continue;
             }
             let failing = now - *watch.failing_since.get_or_insert(now);
             if failing >= self.config.status_failure_limit {
-                let _ = watch.updates.send(Update::GaveUp(err.clone(), failing));
+                watch.send(Update::GaveUp(err.clone(), failing));
                 gave_up.push(id.clone());
                 continue;
             }
             if failing >= self.config.status_failure_warning && !watch.failure_reported {
                 watch.failure_reported = true;
-                let _ = watch.updates.send(Update::Failing(err.clone(), failing));
+                watch.send(Update::Failing(err.clone(), failing));
             }
             // The job's state is not lost by waiting.
             watch.next_due = now
@@ -214,6 +219,14 @@ impl Poller {
     }
 }
 
+impl Watch {
+    fn send(&self, update: Update) {
+        for watcher in &self.updates {
+            let _ = watcher.send(update.clone());
+        }
+    }
+}
+
 fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
     match command {
         Command::Watch {
@@ -222,10 +235,17 @@ fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
             not_found_grace,
         } => {
             let now = Instant::now();
+            if let Some(watch) = watches.get_mut(&job_id) {
+                // Another follower of a watched job: the same polls; it hears from the next one.
+                watch.updates.push(updates);
+                watch.not_found_grace = watch.not_found_grace.max(not_found_grace);
+                watch.next_due = watch.next_due.min(now);
+                return;
+            }
             watches.insert(
                 job_id,
                 Watch {
-                    updates,
+                    updates: vec![updates],
                     next_due: now,
                     status_since: now,
                     status: None,
