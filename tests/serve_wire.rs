@@ -548,6 +548,56 @@ async fn a_launch_with_array_submits_an_array_and_reports_its_events() {
     let submit = &fake.jobs()[1].submit;
     assert_eq!(submit["dependsOn"][0]["jobId"], parent, "{submit}");
     assert_eq!(submit["dependsOn"][0]["type"], "N_TO_N", "{submit}");
+    // Followed again by its id alone (as after a restart): the tracker sees an array's parent.
+    let answer = serve.call("follow", json!({"job_id": parent})).await;
+    assert!(answer["result"].is_object(), "{answer}");
+    serve
+        .until(WAIT, |e| of(e, "arr", "exited").len() == 2)
+        .await;
+    assert_eq!(of(&serve.events, "arr", "array_done").len(), 2);
+    assert_eq!(of(&serve.events, "arr", "exited")[1]["exit_code"], 5);
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_node_launch_streams_its_main_node_and_ends_with_its_code() {
+    let fake = FakeAws::start().await;
+    fake.script_next_nodes(support::NodesScript::each(3, |i| {
+        let timeline = Timeline::new().status(JobStatus::Runnable, 1);
+        match i {
+            0 => timeline.running(8).logs(&["main up", "main done"]).exit(4),
+            1 => timeline.running(2).logs(&["node 1 broke"]).exit(9),
+            _ => timeline.running(2).logs(&["node 2 fine"]).exit(0),
+        }
+    }));
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let launch = json!({"key": "mnp", "script": machine.script(), "nodes": 3});
+    let answer = serve.call("launch", launch).await;
+    assert_eq!(answer["result"]["deduplicated"], false, "{answer}");
+    serve
+        .until(WAIT, |e| !of(e, "mnp", "exited").is_empty())
+        .await;
+    assert_eq!(fake.jobs()[0].submit["nodeOverrides"]["numNodes"], 3);
+    assert_eq!(
+        lines_of(&serve.events, "mnp"),
+        ["main up", "main done"],
+        "the main node's lines are the job's"
+    );
+    let failed = of(&serve.events, "mnp", "node_failed");
+    assert_eq!(failed.len(), 1, "{:?}", serve.events);
+    assert_eq!(failed[0]["node_index"], 1);
+    let exited = of(&serve.events, "mnp", "exited")[0];
+    assert_eq!(exited["exit_code"], 4, "the main node decides: {exited}");
+    let kinds: Vec<&str> = serve
+        .events
+        .iter()
+        .filter(|e| e["key"] == "mnp")
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"exited"), "{kinds:?}");
     serve.close_stdin();
     assert_eq!(serve.exit(WAIT).await, Some(0));
 }
