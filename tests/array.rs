@@ -181,6 +181,79 @@ async fn failures_sharing_one_exit_code_give_it_as_the_arrays() {
 }
 
 #[tokio::test]
+async fn children_no_environment_places_are_warned_about_and_the_array_cancelled() {
+    let fake = FakeAws::start().await;
+    let stuck = ArrayScript::each(4, |_| {
+        Timeline::new()
+            .status(JobStatus::Runnable, 100_000)
+            .succeeded()
+    });
+    let id = fake.submit_array(4, stuck).await;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink: EventSink = {
+        let events = events.clone();
+        Arc::new(move |e| events.lock().unwrap().push(e))
+    };
+    let config = TrackerConfig {
+        runnable_warning: Duration::from_millis(100),
+        runnable_timeout: Some(Duration::from_millis(400)),
+        ..fast_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let request = FollowRequest {
+        array: Some(ArrayFollow::default()),
+        ..FollowRequest::new(&id)
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        tracker.follow_with(request, sink).wait(),
+    )
+    .await
+    .expect("the follow ends");
+    assert!(
+        matches!(
+            &result,
+            Err(mfbatch::track::TrackError::RunnableTimeout { job_id, .. }) if *job_id == id
+        ),
+        "{result:?}"
+    );
+    let stuck_warnings = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Warning(mfbatch::event::Warning::StuckRunnable { .. })
+            )
+        })
+        .count();
+    assert_eq!(stuck_warnings, 1);
+    let cancels = fake.requests("CancelJob");
+    assert_eq!(cancels.len(), 1, "{cancels:?}");
+    assert_eq!(cancels[0]["jobId"], id, "the parent, and so every child");
+
+    // Children that started and now wait for room are queued, not stuck.
+    let busy = ArrayScript::each(3, |i| match i {
+        0 => child(0, 2, 0),
+        // Long enough to outlast the timeout: stopped, were they counted as stuck.
+        _ => Timeline::new()
+            .status(JobStatus::Runnable, 100)
+            .running(1)
+            .exit(0),
+    });
+    let id = fake.submit_array(3, busy).await;
+    let config = TrackerConfig {
+        runnable_warning: Duration::from_millis(300),
+        runnable_timeout: Some(Duration::from_millis(300)),
+        ..fast_config()
+    };
+    let (_, outcome) = follow(&fake, &id, config, ArrayFollow::default()).await;
+    assert!(outcome.succeeded(), "{outcome:?}");
+    assert_eq!(fake.requests("CancelJob").len(), 1, "no second cancel");
+}
+
+#[tokio::test]
 async fn a_status_summary_lagging_behind_the_children() {
     let fake = FakeAws::start().await;
     let mut script = ArrayScript::each(8, |i| child(i, 1 + i % 3, if i == 6 { 2 } else { 0 }));

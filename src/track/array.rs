@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::job::{describe_error, snapshot_from};
 use super::poller::Update;
+use super::runnable::RunnableWatch;
 use super::snapshot::{self, JobSnapshot};
 use super::{FollowRequest, TrackError, Tracker, MAX_IDS_PER_CALL};
 use crate::bootstrap::end_record::EndRecord;
@@ -78,6 +79,9 @@ pub(super) async fn run(
         next_sweep: Instant::now(),
         children: JoinSet::new(),
         children_started: false,
+        waiting_since: None,
+        some_started: false,
+        runnable: RunnableWatch::default(),
         tracker,
         events,
     };
@@ -87,6 +91,7 @@ pub(super) async fn run(
             continue;
         };
         array.on_snapshot(&snapshot);
+        array.watch_waiting(&snapshot).await?;
         let done = snapshot.status.is_terminal() || array.all_children_ended();
         if array.failed.len() < array.failed_count() && Instant::now() >= array.next_sweep {
             if let Err(e) = array.sweep().await {
@@ -100,7 +105,14 @@ pub(super) async fn run(
     };
     drop(updates);
     while array.children.join_next().await.is_some() {}
-    Ok(array.finish(&last))
+    let outcome = array.finish(&last);
+    if array.runnable.stopped() {
+        return Err(RunnableWatch::timeout(
+            &array.tracker.job_context(),
+            array.job_id,
+        ));
+    }
+    Ok(outcome)
 }
 
 /// What following one array remembers.
@@ -120,6 +132,10 @@ struct FollowedArray {
     next_sweep: Instant,
     children: JoinSet<()>,
     children_started: bool,
+    /// Since when children wait and none ever started (no compute environment places them).
+    waiting_since: Option<Instant>,
+    some_started: bool,
+    runnable: RunnableWatch,
 }
 
 impl FollowedArray {
@@ -175,6 +191,31 @@ impl FollowedArray {
             self.children_started = true;
             self.follow_children();
         }
+    }
+
+    /// Children that all wait in RUNNABLE, none ever started, are warned about (and with a
+    /// timeout, the array is stopped) as a single job waiting there would be.
+    async fn watch_waiting(&mut self, snapshot: &JobSnapshot) -> Result<(), TrackError> {
+        let started = self
+            .counts
+            .iter()
+            .any(|(status, n)| *status >= JobStatus::Starting && *n > 0);
+        self.some_started |= started;
+        let runnable = self
+            .counts
+            .get(&JobStatus::Runnable)
+            .is_some_and(|n| *n > 0);
+        if self.some_started || !runnable || snapshot.status.is_terminal() {
+            self.waiting_since = None;
+            return Ok(());
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let ctx = self.tracker.job_context();
+        Box::pin(
+            self.runnable
+                .check(&ctx, snapshot, since.elapsed(), &self.events),
+        )
+        .await
     }
 
     /// Streams the chosen children live with the ordinary single-job follower.
