@@ -608,3 +608,175 @@ async fn ctrl_c_terminates_the_job_and_so_every_node() {
         assert_eq!(node.status, JobStatus::Failed, "node {i} stopped");
     }
 }
+
+/// DescribeJobs calls naming this id.
+fn describes_of(fake: &FakeAws, id: &str) -> usize {
+    fake.requests("DescribeJobs")
+        .iter()
+        .filter(|r| {
+            r["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j.as_str() == Some(id))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn aborting_the_follow_of_a_multi_node_job_stops_its_main_nodes_follower() {
+    let fake = FakeAws::start().await;
+    let id = fake.submit_nodes(3, script_with(400, 3, 0, None)).await;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink: EventSink = {
+        let events = events.clone();
+        Arc::new(move |e| events.lock().unwrap().push(e))
+    };
+    let tracker = Tracker::new(&fake.clients(), fast_tracker_config());
+    let handle = tracker.follow_with(FollowRequest::new(&id), sink);
+    let logged = || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Log { .. }))
+    };
+    for _ in 0..500 {
+        if logged() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(), "the main node's first line");
+    // What `serve`'s unfollow and an embedder's abort do.
+    handle.abort_handle().abort();
+    let _ = handle.wait().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let main = format!("{id}#0");
+    let before = (describes_of(&fake, &id), describes_of(&fake, &main));
+    let logs_before = fake.calls("GetLogEvents");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (describes_of(&fake, &id), describes_of(&fake, &main)),
+        before,
+        "neither the job nor its main node is polled after the abort"
+    );
+    assert_eq!(
+        fake.calls("GetLogEvents"),
+        logs_before,
+        "nor its stream read"
+    );
+}
+
+#[tokio::test]
+async fn describe_jobs_failing_at_first_still_finds_a_multi_node_job() {
+    let fake = FakeAws::start().await;
+    let id = fake.submit_nodes(3, script_with(20, 3, 0, Some(2))).await;
+    fake.fail_next("DescribeJobs", 30, Fault::ServerError);
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink: EventSink = {
+        let events = events.clone();
+        Arc::new(move |e| events.lock().unwrap().push(e))
+    };
+    let config = mfbatch::track::TrackerConfig {
+        // The failures outlast the warning, never the limit.
+        status_failure_warning: Duration::from_millis(20),
+        status_failure_limit: Duration::from_secs(60),
+        ..fast_tracker_config()
+    };
+    let tracker = Tracker::new(&fake.clients(), config);
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        tracker.follow_with(FollowRequest::new(&id), sink).wait(),
+    )
+    .await
+    .expect("followed to the end")
+    .expect("no tracking error");
+    let events = events.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Warning(mfbatch::event::Warning::StatusUnavailable { .. })
+        )),
+        "the failures were reported while they lasted"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::NodeFailed { node_index: 2, .. })),
+        "followed as a multi-node job: {events:?}"
+    );
+    assert_eq!(
+        log_lines(&events).len(),
+        2,
+        "the main node's lines: {events:?}"
+    );
+    assert_eq!(outcome.exit_code, Some(0));
+    assert_eq!(outcome.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_retried_job_reports_its_last_attempt_and_watches_its_ended_nodes_again() {
+    let fake = Arc::new(FakeAws::start().await);
+    let main = Timeline::new()
+        .status(JobStatus::Runnable, 1)
+        .running(12)
+        .logs(&["main, first try"])
+        .attempt_failed(AttemptEnd::exit(1))
+        .status(JobStatus::Runnable, 1)
+        .running(12)
+        .logs(&["main, second try"])
+        .exit(0);
+    let script = NodesScript::each(3, |i| match i {
+        0 => main.clone(),
+        1 => node(1, 2, 7),
+        i => node(i, 3, 0),
+    });
+    let id = fake.submit_nodes_with_attempts(3, Some(2), script).await;
+    let node1 = format!("{id}#1");
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    // How often node 1 was described when its failure was reported: its watch ends there.
+    let at_failure: Arc<Mutex<Option<usize>>> = Arc::default();
+    let sink: EventSink = {
+        let (events, at_failure, fake, node1) = (
+            events.clone(),
+            at_failure.clone(),
+            fake.clone(),
+            node1.clone(),
+        );
+        Arc::new(move |e| {
+            if matches!(e, Event::NodeFailed { node_index: 1, .. }) {
+                *at_failure.lock().unwrap() = Some(describes_of(&fake, &node1));
+            }
+            events.lock().unwrap().push(e)
+        })
+    };
+    let tracker = Tracker::new(&fake.clients(), fast_tracker_config());
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        tracker.follow_with(nodes_request(&id), sink).wait(),
+    )
+    .await
+    .expect("followed to the end")
+    .expect("no tracking error");
+    let events = events.lock().unwrap().clone();
+    assert_eq!(outcome.status, JobStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.attempts, 2);
+    assert_eq!(
+        log_lines(&events)
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect::<Vec<_>>(),
+        ["main, first try", "main, second try"]
+    );
+    let failures = events
+        .iter()
+        .filter(|e| matches!(e, Event::NodeFailed { node_index: 1, .. }))
+        .count();
+    assert_eq!(failures, 1, "one failure of one attempt, reported once");
+    let at_failure = at_failure.lock().unwrap().expect("node 1's failure");
+    assert!(
+        describes_of(&fake, &node1) > at_failure,
+        "node 1 is watched again once the job runs again"
+    );
+}

@@ -357,6 +357,25 @@ impl Tracker {
         }
     }
 
+    /// Follows a part of a larger job (a multi-node job's main node) as an ordinary job, with
+    /// `ctx` (the part's own settings, e.g. no RUNNABLE stop of a single node).
+    fn follow_part(&self, request: FollowRequest, sink: EventSink, ctx: job::Context) -> JobHandle {
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let job_id = request.job_id.clone();
+        let _ = self.inner.poller.send(poller::Command::Watch {
+            job_id: job_id.clone(),
+            updates: updates_tx,
+            not_found_grace: request
+                .not_found_grace
+                .unwrap_or(ctx.config.not_found_grace),
+        });
+        JobHandle {
+            job_id,
+            events: None,
+            task: tokio::spawn(job::run(ctx, request, updates_rx, sink)),
+        }
+    }
+
     fn job_context(&self) -> job::Context {
         job::Context {
             batch: self.inner.batch.clone(),
@@ -408,7 +427,7 @@ async fn dispatch(
     mut updates: mpsc::UnboundedReceiver<poller::Update>,
     sink: EventSink,
 ) -> Result<Outcome, TrackError> {
-    let first = updates.recv().await;
+    let first = first_description(&request.job_id, &mut updates, &sink).await;
     if let Some(poller::Update::Snapshot(snapshot)) = &first {
         let main_node = snapshot
             .nodes
@@ -440,6 +459,24 @@ async fn dispatch(
         Box::pin(nodes::run(tracker, request, updates, sink)).await
     } else {
         job::run(tracker.job_context(), request, updates, sink).await
+    }
+}
+
+/// The first update that is not a DescribeJobs failure still being retried (those are passed on
+/// as warnings): a description, or why there is none.
+async fn first_description(
+    job_id: &str,
+    updates: &mut mpsc::UnboundedReceiver<poller::Update>,
+    sink: &EventSink,
+) -> Option<poller::Update> {
+    loop {
+        match updates.recv().await {
+            Some(failing @ poller::Update::Failing(..)) => {
+                // A failure still being retried is a warning, and no answer yet.
+                let _ = job::snapshot_from(job_id, Some(failing), sink);
+            }
+            other => return other,
+        }
     }
 }
 

@@ -46,6 +46,18 @@ enum NodeNote {
     Polled(usize, Update),
     /// The main node's status, from its follower.
     Main(JobStatus),
+    /// The main node started another attempt: Batch retries the whole job, every node anew.
+    Retry,
+}
+
+/// Aborts a task when the job's own task ends (returns, fails, or is aborted itself): the main
+/// node's follower must not outlive the follow of its job.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `<job>#<index>`.
@@ -69,8 +81,9 @@ pub(super) async fn run(
     };
     let main = job.follow_main(&request, &notes_tx);
     let main_abort = main.abort_handle();
+    let _main_guard = AbortOnDrop(main.abort_handle());
     let mut main_wait = Box::pin(main.wait());
-    job.watch_nodes(&notes_tx);
+    job.watch_nodes(&notes_tx, job.other_nodes());
     let mut last = snapshot;
     let mut parent_ended = last.status.is_terminal();
     let mut main_result = None;
@@ -89,7 +102,7 @@ pub(super) async fn run(
                 parent_ended = snapshot.status.is_terminal();
                 last = snapshot;
             }
-            Some(note) = notes.recv() => job.on_note(note).await,
+            Some(note) = notes.recv() => job.on_note(note, &notes_tx).await,
             result = &mut main_wait, if main_result.is_none() => match result {
                 Err(TrackError::NotFound { .. }) if !job.main_seen => {
                     return fallback(&tracker, request, last, updates, events).await;
@@ -152,9 +165,15 @@ fn main_sink(
                 return;
             }
             Event::Exited(_) => return,
-            Event::AttemptStarted { job_id, .. } | Event::StepExited { job_id, .. } => {
+            Event::AttemptStarted {
+                job_id, attempt, ..
+            } => {
+                if *attempt > 1 {
+                    let _ = notes.send(NodeNote::Retry);
+                }
                 job_id.clone_from(&parent_id);
             }
+            Event::StepExited { job_id, .. } => job_id.clone_from(&parent_id),
             _ => {}
         }
         events(event)
@@ -175,7 +194,8 @@ struct FollowedNodes {
     /// Each node's last status, as far as seen.
     nodes: BTreeMap<usize, JobStatus>,
     counts: BTreeMap<JobStatus, usize>,
-    failed: BTreeSet<usize>,
+    /// Failures reported, by node and attempt (a retried job's node may fail again).
+    failed: BTreeSet<(usize, usize)>,
     tails_shown: usize,
     /// Whether the main node's record was ever found.
     main_seen: bool,
@@ -273,29 +293,41 @@ impl FollowedNodes {
         self.status_since = now;
     }
 
-    /// The main node, followed as an ordinary job (its logs as the request asks).
+    /// The main node, followed as an ordinary job (its logs as the request asks). Not with the
+    /// grace of an id the user typed (the node's record may come later than its job's), and
+    /// never stopped alone for waiting in RUNNABLE (the job is, while it waits as a whole).
     fn follow_main(
         &self,
         request: &FollowRequest,
         notes: &mpsc::UnboundedSender<NodeNote>,
     ) -> super::JobHandle {
-        self.tracker.follow_with(
+        let mut ctx = self.tracker.job_context();
+        ctx.config.runnable_timeout = None;
+        ctx.config.runnable_warning = std::time::Duration::MAX;
+        self.tracker.follow_part(
             FollowRequest {
                 attempt: request.attempt,
                 logs_since_ms: request.logs_since_ms,
                 without_logs: request.without_logs,
-                not_found_grace: request.not_found_grace,
                 log_credit: request.log_credit.clone(),
                 ..FollowRequest::new(node_id(&self.job_id, self.main_node))
             },
             main_sink(self.events.clone(), self.job_id.clone(), notes.clone()),
+            ctx,
         )
     }
 
+    /// Every node but the main one.
+    fn other_nodes(&self) -> Vec<usize> {
+        (0..self.num_nodes)
+            .filter(|i| *i != self.main_node)
+            .collect()
+    }
+
     /// Watches every node but the main one in the shared poller, status only.
-    fn watch_nodes(&self, notes: &mpsc::UnboundedSender<NodeNote>) {
+    fn watch_nodes(&self, notes: &mpsc::UnboundedSender<NodeNote>, indexes: Vec<usize>) {
         let inner = &self.tracker.inner;
-        for index in (0..self.num_nodes).filter(|i| *i != self.main_node) {
+        for index in indexes {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let _ = inner.poller.send(poller::Command::Watch {
                 job_id: node_id(&self.job_id, index),
@@ -323,11 +355,20 @@ impl FollowedNodes {
         }
     }
 
-    async fn on_note(&mut self, note: NodeNote) {
+    async fn on_note(&mut self, note: NodeNote, notes: &mpsc::UnboundedSender<NodeNote>) {
         match note {
             NodeNote::Main(status) => {
                 self.main_seen = true;
                 self.set_status(self.main_node, status);
+            }
+            // The ended nodes run again: watched again (their watches ended with them).
+            NodeNote::Retry => {
+                let ended: Vec<usize> = self
+                    .other_nodes()
+                    .into_iter()
+                    .filter(|i| self.nodes.get(i).is_some_and(|s| s.is_terminal()))
+                    .collect();
+                self.watch_nodes(notes, ended);
             }
             NodeNote::Polled(index, Update::Snapshot(node)) => self.on_node(index, &node).await,
             // A node's record missing or unreadable says nothing about the job.
@@ -338,7 +379,8 @@ impl FollowedNodes {
     /// A non-main node's snapshot: the counts, and its failure with its last lines.
     async fn on_node(&mut self, index: usize, node: &JobSnapshot) {
         self.set_status(index, node.status);
-        if node.status != JobStatus::Failed || !self.failed.insert(index) {
+        let attempt = node.attempts.len().max(1);
+        if node.status != JobStatus::Failed || !self.failed.insert((index, attempt)) {
             return;
         }
         let last = node.attempts.last().unwrap_or(&node.container);

@@ -240,6 +240,14 @@ fn apply(watches: &mut HashMap<String, Watch>, command: Command) {
                 watch.updates.push(updates);
                 watch.not_found_grace = watch.not_found_grace.max(not_found_grace);
                 watch.next_due = watch.next_due.min(now);
+                // The newcomer gets its whole grace and failure limit, counted from now.
+                if watch.first_missing.is_some() {
+                    watch.first_missing = Some(now);
+                }
+                if watch.failing_since.is_some() {
+                    watch.failing_since = Some(now);
+                    watch.failure_reported = false;
+                }
                 return;
             }
             watches.insert(

@@ -845,9 +845,20 @@ impl FakeAws {
     /// Submits a multi-node job of `num_nodes` behaving as `script` says, as mfbatch does (one
     /// open node range, `nodeOverrides.numNodes`, an end-record nonce); the job's id.
     pub async fn submit_nodes(&self, num_nodes: i32, script: NodesScript) -> String {
+        self.submit_nodes_with_attempts(num_nodes, None, script)
+            .await
+    }
+
+    /// [`FakeAws::submit_nodes`] with a retry strategy of `attempts`.
+    pub async fn submit_nodes_with_attempts(
+        &self,
+        num_nodes: i32,
+        attempts: Option<i32>,
+        script: NodesScript,
+    ) -> String {
         use aws_sdk_batch::types::{
             ContainerOverrides, ContainerProperties, JobDefinitionType, KeyValuePair,
-            NodeOverrides, NodeProperties, NodePropertyOverride, NodeRangeProperty,
+            NodeOverrides, NodeProperties, NodePropertyOverride, NodeRangeProperty, RetryStrategy,
         };
         self.script_next_nodes(script);
         let clients = self.clients();
@@ -890,6 +901,7 @@ impl FakeAws {
                     .node_property_overrides(overrides)
                     .build(),
             )
+            .set_retry_strategy(attempts.map(|n| RetryStrategy::builder().attempts(n).build()))
             .send()
             .await
             .expect("submit a multi-node job")
