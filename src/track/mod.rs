@@ -439,7 +439,9 @@ async fn dispatch(
             if let Some(main) = main_node {
                 drop(updates);
                 request.job_id = nodes::node_id(&request.job_id, main);
-                return tracker.follow_with(request, sink).wait().await;
+                let main = tracker.follow_with(request, sink);
+                let _guard = AbortOnDrop(main.abort_handle());
+                return main.wait().await;
             }
         } else if snapshot.is_array_parent() {
             request.array = Some(array::ArrayFollow::default());
@@ -477,6 +479,16 @@ async fn first_description(
             }
             other => return other,
         }
+    }
+}
+
+/// Aborts a task when the task holding this ends (returns, fails, or is aborted itself): a
+/// follower started for a job's follow must not outlive it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -50,16 +50,6 @@ enum NodeNote {
     Retry,
 }
 
-/// Aborts a task when the job's own task ends (returns, fails, or is aborted itself): the main
-/// node's follower must not outlive the follow of its job.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// `<job>#<index>`.
 pub fn node_id(job_id: &str, index: usize) -> String {
     format!("{job_id}#{index}")
@@ -81,7 +71,7 @@ pub(super) async fn run(
     };
     let main = job.follow_main(&request, &notes_tx);
     let main_abort = main.abort_handle();
-    let _main_guard = AbortOnDrop(main.abort_handle());
+    let _main_guard = super::AbortOnDrop(main.abort_handle());
     let mut main_wait = Box::pin(main.wait());
     job.watch_nodes(&notes_tx, job.other_nodes());
     let mut last = snapshot;
