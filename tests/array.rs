@@ -465,3 +465,48 @@ async fn ctrl_c_terminates_the_parent_and_so_every_child() {
         assert_eq!(child.status, JobStatus::Failed, "child {i} stopped");
     }
 }
+
+#[tokio::test]
+async fn aborting_the_follow_of_an_array_stops_its_streamed_children() {
+    let fake = FakeAws::start().await;
+    let script = ArrayScript::each(3, |i| child(i, 400, 0));
+    let id = fake.submit_array(3, script).await;
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink: EventSink = {
+        let events = events.clone();
+        Arc::new(move |e| events.lock().unwrap().push(e))
+    };
+    let tracker = Tracker::new(&fake.clients(), fast_config());
+    let request = FollowRequest {
+        array: Some(ArrayFollow {
+            follow_indexes: vec![1],
+            ..ArrayFollow::default()
+        }),
+        ..FollowRequest::new(&id)
+    };
+    let handle = tracker.follow_with(request, sink);
+    let logged = || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Log { .. }))
+    };
+    for _ in 0..500 {
+        if logged() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(), "child 1's first line");
+    handle.abort_handle().abort();
+    let _ = handle.wait().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (describes, reads) = (fake.calls("DescribeJobs"), fake.calls("GetLogEvents"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (fake.calls("DescribeJobs"), fake.calls("GetLogEvents")),
+        (describes, reads),
+        "nothing of the array is polled or read after the abort"
+    );
+}

@@ -227,7 +227,10 @@ impl FollowedArray {
                 .tracker
                 .follow_with(FollowRequest::new(child_id.clone()), sink);
             let events = self.events.clone();
+            // Aborted with the array's follow (the set aborts this task, the guard the child's).
+            let guard = super::AbortOnDrop(handle.abort_handle());
             self.children.spawn(async move {
+                let _guard = guard;
                 if let Err(e) = handle.wait().await {
                     events(Event::Warning(Warning::Notice {
                         message: format!("warning: cannot follow child {child_id}: {e}"),
