@@ -601,3 +601,26 @@ async fn a_multi_node_launch_streams_its_main_node_and_ends_with_its_code() {
     serve.close_stdin();
     assert_eq!(serve.exit(WAIT).await, Some(0));
 }
+
+/// `kill` of one node of a multi-node job is refused as `mfbatch kill` refuses it: Batch ends the
+/// job with its main node, so a node is not stopped alone. Nothing is sent to AWS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_of_a_node_is_refused_and_names_the_job() {
+    let fake = FakeAws::start().await;
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let answer = serve
+        .call("kill", json!({"job_id": "0f1e2d3c-job#1"}))
+        .await;
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(
+        answer["error"]["data"]["job_id"], "0f1e2d3c-job",
+        "{answer}"
+    );
+    let hint = answer["error"]["data"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("0f1e2d3c-job"), "{answer}");
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}

@@ -399,6 +399,20 @@ impl Connection {
 
     async fn kill(&self, raw: &Value) -> Result<Value, RpcError> {
         let p: JobRef = params(raw)?;
+        // Batch ends a multi-node job with its main node and a dead node does nothing to it:
+        // a node is not stopped alone (as `mfbatch kill` refuses it).
+        if let Some((job, _)) = p.job_id.as_deref().and_then(|id| id.split_once('#')) {
+            let id = p.job_id.as_deref().unwrap_or_default();
+            return Err(RpcError::new(
+                INVALID_PARAMS,
+                format!("{id} is a node of multi-node job {job}; nodes are not stopped alone"),
+            )
+            .with_data(json!({
+                "kind": "usage",
+                "job_id": job,
+                "hint": format!("kill {{\"job_id\": \"{job}\"}} stops every node"),
+            })));
+        }
         let reason = p
             .reason
             .unwrap_or_else(|| "stopped through mfbatch serve".into());
