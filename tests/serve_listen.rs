@@ -1,8 +1,8 @@
 //! `mfbatch serve --listen` against the fake AWS: a unix socket in a private (0700) directory and
 //! a loopback TCP port behind a token file (0600), each serving several connections with the
 //! stdio protocol; a wrong or missing token is refused while others are served; an open socket
-//! directory, an open token file, a missing token file and a non-loopback address stop the
-//! daemon at startup with exit 2, having bound nothing.
+//! directory, an open token file, an empty or short token file, a missing token file and a
+//! non-loopback address stop the daemon at startup with exit 2, having bound nothing.
 
 #[path = "serve/client.rs"]
 #[allow(dead_code)]
@@ -290,6 +290,59 @@ async fn only_loopback_with_a_token_file_is_listened_on() {
     assert!(!token_file.exists(), "no token made for a refused address");
     let stderr = refused(&machine, &["--stdio", "--listen", "127.0.0.1:0"]).await;
     assert!(!stderr.is_empty());
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+}
+
+/// A token file that exists but holds no token (touched with 0600, or left empty by a failed
+/// write) would make the empty token the password: a hello without any token would get in. Such
+/// a file, and one with a short token, stop the daemon at startup, having bound nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_short_token_file_is_refused_at_startup() {
+    let fake = FakeAws::start().await;
+    let machine = Machine::new(&fake);
+    let token_file = machine.home.path().join("token");
+    let token_arg = token_file.display().to_string();
+    for (text, why) in [("", "empty"), ("\n  \n", "empty"), ("short-token\n", "32")] {
+        std::fs::write(&token_file, text).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let stderr = refused(
+            &machine,
+            &["--listen", "127.0.0.1:0", "--token-file", &token_arg],
+        )
+        .await;
+        assert!(stderr.contains("--token-file"), "{text:?}: {stderr}");
+        assert!(stderr.contains(why), "{text:?}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&token_file).unwrap(),
+            text,
+            "the file is left as it was"
+        );
+    }
+    // A long enough token is taken as it is.
+    std::fs::write(&token_file, format!("{}\n", "k".repeat(32))).unwrap();
+    let mut child = daemon(
+        &machine,
+        &["--listen", "127.0.0.1:0", "--token-file", &token_arg],
+    );
+    let address = listening(&mut child).await;
+    let (r, w) = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap()
+        .into_split();
+    let mut anyone = Conn::new(r, w);
+    let answer = anyone.hello(None).await.expect("an answer");
+    assert_eq!(answer["error"]["code"], 8, "{answer}");
+    let (r, w) = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap()
+        .into_split();
+    let mut client = Conn::new(r, w);
+    let answer = client
+        .hello(Some(&"k".repeat(32)))
+        .await
+        .expect("an answer");
+    assert!(answer["result"].is_object(), "{answer}");
+    stop(child).await;
     assert_eq!(fake.mutating_calls(), Vec::<String>::new());
 }
 

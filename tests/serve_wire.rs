@@ -589,6 +589,14 @@ async fn a_multi_node_launch_streams_its_main_node_and_ends_with_its_code() {
     let failed = of(&serve.events, "mnp", "node_failed");
     assert_eq!(failed.len(), 1, "{:?}", serve.events);
     assert_eq!(failed[0]["node_index"], 1);
+    let tails = of(&serve.events, "mnp", "node_log_tail");
+    assert_eq!(
+        tails.len(),
+        1,
+        "show_failed is 3 by default: {:?}",
+        serve.events
+    );
+    assert_eq!(tails[0]["lines"], json!(["node 1 broke"]));
     let exited = of(&serve.events, "mnp", "exited")[0];
     assert_eq!(exited["exit_code"], 4, "the main node decides: {exited}");
     let kinds: Vec<&str> = serve
@@ -598,6 +606,115 @@ async fn a_multi_node_launch_streams_its_main_node_and_ends_with_its_code() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(kinds.last(), Some(&"exited"), "{kinds:?}");
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_node_launch_takes_show_failed() {
+    let fake = FakeAws::start().await;
+    fake.script_next_nodes(support::NodesScript::each(3, |i| {
+        let timeline = Timeline::new().status(JobStatus::Runnable, 1);
+        match i {
+            0 => timeline.running(8).logs(&["main up"]).succeeded(),
+            _ => timeline.running(2).logs(&["node broke"]).exit(9),
+        }
+    }));
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let launch = json!({"key": "mnp", "script": machine.script(), "nodes": 3, "show_failed": 1});
+    let answer = serve.call("launch", launch).await;
+    assert_eq!(answer["result"]["deduplicated"], false, "{answer}");
+    serve
+        .until(WAIT, |e| !of(e, "mnp", "exited").is_empty())
+        .await;
+    assert_eq!(
+        of(&serve.events, "mnp", "node_failed").len(),
+        2,
+        "{:?}",
+        serve.events
+    );
+    let tails = of(&serve.events, "mnp", "node_log_tail");
+    assert_eq!(
+        tails.len(),
+        1,
+        "the first failed node only: {:?}",
+        serve.events
+    );
+    assert_eq!(of(&serve.events, "mnp", "exited")[0]["exit_code"], 0);
+    // `follow` takes it too, for a multi-node job as for an array.
+    let job_id = of(&serve.events, "mnp", "exited")[0]["job_id"].clone();
+    let answer = serve
+        .call("follow", json!({"job_id": job_id, "show_failed": 0}))
+        .await;
+    assert!(answer["result"].is_object(), "{answer}");
+    serve
+        .until(WAIT, |e| of(e, "mnp", "exited").len() == 2)
+        .await;
+    assert_eq!(of(&serve.events, "mnp", "node_failed").len(), 4);
+    let tails = of(&serve.events, "mnp", "node_log_tail");
+    assert_eq!(tails.len(), 1, "none more: {:?}", serve.events);
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+/// `kill` of one node of a multi-node job is refused as `mfbatch kill` refuses it: Batch ends the
+/// job with its main node, so a node is not stopped alone. Nothing is sent to AWS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_of_a_node_is_refused_and_names_the_job() {
+    let fake = FakeAws::start().await;
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let answer = serve
+        .call("kill", json!({"job_id": "0f1e2d3c-job#1"}))
+        .await;
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(
+        answer["error"]["data"]["job_id"], "0f1e2d3c-job",
+        "{answer}"
+    );
+    let hint = answer["error"]["data"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("0f1e2d3c-job"), "{answer}");
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+    serve.close_stdin();
+    assert_eq!(serve.exit(WAIT).await, Some(0));
+}
+
+/// `array: true` on `follow` of a job that is no array's parent follows it as what it is: its
+/// lines and its exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_with_array_of_a_plain_job_delivers_its_lines() {
+    let fake = FakeAws::start().await;
+    fake.set_default_timeline(
+        Timeline::new()
+            .status(JobStatus::Submitted, 1)
+            .running(3)
+            .logs(&["one", "two"])
+            .exit(3),
+    );
+    let machine = Machine::new(&fake);
+    let mut serve = machine.start(&[]);
+    serve.hello(json!({})).await;
+    let launch = json!({"key": "plain", "script": machine.script(), "follow": false});
+    serve.call("launch", launch).await;
+    serve
+        .until(WAIT, |e| !of(e, "plain", "submitted").is_empty())
+        .await;
+    let answer = serve
+        .call(
+            "follow",
+            json!({"key": "plain", "array": true, "show_failed": 1}),
+        )
+        .await;
+    assert!(answer["result"].is_object(), "{answer}");
+    serve
+        .until(WAIT, |e| !of(e, "plain", "exited").is_empty())
+        .await;
+    assert_eq!(lines_of(&serve.events, "plain"), ["one", "two"]);
+    assert_eq!(of(&serve.events, "plain", "exited")[0]["exit_code"], 3);
+    assert!(of(&serve.events, "plain", "array_done").is_empty());
     serve.close_stdin();
     assert_eq!(serve.exit(WAIT).await, Some(0));
 }

@@ -201,6 +201,10 @@ fn private_dir(dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The shortest token a token file may hold (a generated one has 64 hex digits).
+const MIN_TOKEN_CHARS: usize = 32;
+
+/// The token in `file`, or a new one (32 random bytes from the OS, in hex) written to it.
 fn read_or_create_token(file: &Path) -> Result<String, Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -213,11 +217,31 @@ fn read_or_create_token(file: &Path) -> Result<String, Failure> {
         }
         let token =
             std::fs::read_to_string(file).map_err(|e| Failure::new(e, None, exit::FAILURE))?;
-        return Ok(token.trim().to_owned());
+        let token = token.trim();
+        // An empty token would let in a hello that sends none; a short one can be guessed.
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            let what = if token.is_empty() {
+                "is empty".to_owned()
+            } else {
+                format!("holds a token of {} characters", token.chars().count())
+            };
+            return Err(usage(&format!(
+                "--token-file {} {what}: a token needs at least {MIN_TOKEN_CHARS} characters \
+                 (remove the file and the daemon writes a new one)",
+                file.display()
+            )));
+        }
+        return Ok(token.to_owned());
     }
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect();
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        Failure::new(
+            std::io::Error::other(format!("no random bytes for the token: {e}")),
+            None,
+            exit::FAILURE,
+        )
+    })?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -14,6 +14,7 @@ use super::protocol::Cursor;
 use super::session::Connection;
 use crate::event::{Event, EventSink};
 use crate::track::array::ArrayFollow;
+use crate::track::nodes::NodeFollow;
 use crate::track::{FollowRequest, LogCredit, TrackError};
 
 /// Bytes a queued log line is counted for beyond its text (the envelope).
@@ -146,6 +147,7 @@ pub fn start(conn: &Arc<Connection>, sub: &Arc<Sub>, job_id: String, how: How, c
     let request = FollowRequest {
         without_logs: !how.logs,
         array: how.array,
+        nodes: how.nodes,
         log_credit: Some(sub.credit.clone()),
         ..FollowRequest::new(job_id.clone())
     };
@@ -173,6 +175,9 @@ pub struct How {
     pub logs: bool,
     /// The job is an array's parent: its children's counts, failures and end.
     pub array: Option<ArrayFollow>,
+    /// The job is a multi-node job: its main node's lines, the other nodes' counts and failures.
+    /// Neither this nor `array`: the job's first description decides, with the default knobs.
+    pub nodes: Option<NodeFollow>,
 }
 
 /// Once the launch settles: `submitted` then following (`how`, if any), or `launch_failed`.

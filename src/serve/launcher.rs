@@ -24,6 +24,7 @@ use crate::launch::{self, submit::REQUEST_ID_TAG};
 use crate::settings::{self, BatchKey, Key, Sources};
 use crate::spec::{build_spec, JobSpec, RunOptions, ScheduleOptions, MAX_NAME_LEN};
 use crate::track::array::ArrayFollow;
+use crate::track::nodes::NodeFollow;
 
 /// The tag carrying the client's key (its SHA-256 when the key is no valid tag value).
 pub const KEY_TAG: &str = "mfbatch.key";
@@ -226,6 +227,19 @@ impl LaunchParams {
                 .show_failed
                 .unwrap_or(ArrayFollow::default().show_failed),
             ..ArrayFollow::default()
+        })
+    }
+}
+
+impl LaunchParams {
+    /// How to follow a multi-node job (2 or more nodes) as one thing, with `show_failed`.
+    pub fn node_follow(&self) -> Option<NodeFollow> {
+        let size: u32 = self.nodes.as_deref()?.trim().parse().ok()?;
+        (size > 1).then(|| NodeFollow {
+            show_failed: self
+                .show_failed
+                .unwrap_or(NodeFollow::default().show_failed),
+            ..NodeFollow::default()
         })
     }
 }
@@ -459,6 +473,13 @@ mod tests {
         let one: LaunchParams =
             serde_json::from_value(json!({"key": "k", "script": "s.py", "array": "1"})).unwrap();
         assert!(one.array_follow().is_none(), "an array of 1 is a plain job");
+        assert!(p.node_follow().is_none());
+        let nodes: LaunchParams = serde_json::from_value(
+            json!({"key": "k", "script": "s.py", "nodes": 4, "show_failed": 0}),
+        )
+        .unwrap();
+        assert_eq!(nodes.node_follow().map(|n| n.show_failed), Some(0));
+        assert!(nodes.array_follow().is_none());
         assert!(serde_json::from_value::<LaunchParams>(
             json!({"key": "k", "script": "s.py", "array": [3]})
         )

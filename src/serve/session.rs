@@ -18,6 +18,8 @@ use super::outbox::Outbox;
 use super::protocol::*;
 use super::Daemon;
 use crate::track::array::ArrayFollow;
+use crate::track::nodes::NodeFollow;
+use crate::track::snapshot::describe;
 
 /// How long an ending connection waits for its launches already in SubmitJob.
 const SETTLE_WAIT: Duration = Duration::from_secs(60);
@@ -57,9 +59,11 @@ struct FollowParams {
     cursor: Option<String>,
     #[serde(default = "yes")]
     logs: bool,
-    /// The job is an array's parent (as `launch` with `array` ≥ 2 made): follow it as one.
-    #[serde(default)]
-    array: bool,
+    /// Accepted as before and ignored: an array's parent is followed as one anyway (its first
+    /// description tells), and anything else as what it is.
+    #[serde(default, rename = "array")]
+    _array: bool,
+    /// An array's or a multi-node job's first this many failures get their last lines.
     #[serde(default)]
     show_failed: Option<usize>,
 }
@@ -208,7 +212,7 @@ impl Connection {
             let result = match request.method.as_str() {
                 "ping" => Ok(json!({"t": now_ms()})),
                 "launch" => self.launch(&request.params).await,
-                "follow" => self.follow(&request.params),
+                "follow" => self.follow(&request.params).await,
                 "unfollow" => self.unfollow(&request.params),
                 "kill" => self.kill(&request.params).await,
                 "status" => Ok(self.status()),
@@ -298,6 +302,7 @@ impl Connection {
         let how = launch.follow.then(|| follow::How {
             logs: launch.logs,
             array: launch.array_follow(),
+            nodes: launch.node_follow(),
         });
         let accepted = self.daemon.accept_launch(&launch).await?;
         let key = Some(launch.key.clone());
@@ -336,7 +341,7 @@ impl Connection {
         }
     }
 
-    fn follow(self: &Arc<Self>, raw: &Value) -> Result<Value, RpcError> {
+    async fn follow(self: &Arc<Self>, raw: &Value) -> Result<Value, RpcError> {
         let p: FollowParams = params(raw)?;
         let (job_id, key) = self.resolve(p.job_id, p.key)?;
         let cursor = match p.cursor.as_deref() {
@@ -344,20 +349,44 @@ impl Connection {
             Some(text) => Cursor::parse(text)
                 .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("bad cursor {text:?}")))?,
         };
+        let mut how = follow::How {
+            logs: p.logs,
+            ..Default::default()
+        };
+        if let Some(show_failed) = p.show_failed {
+            self.follow_as_one(&job_id, show_failed, &mut how).await;
+        }
         if let Some(old) = self.sub_for(&job_id) {
             old.unfollow();
         }
         let sub = Sub::new(self, key.clone(), Some(job_id.clone()));
-        let how = follow::How {
-            logs: p.logs,
-            array: p.array.then(|| ArrayFollow {
-                show_failed: p.show_failed.unwrap_or(ArrayFollow::default().show_failed),
-                ..ArrayFollow::default()
-            }),
-        };
         follow::start(self, &sub, job_id.clone(), how, cursor);
         self.add_sub(&sub);
         Ok(json!({"job_id": job_id, "key": key}))
+    }
+
+    /// `show_failed` for an array's parent or a multi-node job: one DescribeJobs says which the
+    /// job is. A plain job, an id Batch does not know (yet) or a failed call leave `how` as it
+    /// is: the tracker's first description then decides, with the default knobs.
+    async fn follow_as_one(&self, job_id: &str, show_failed: usize, how: &mut follow::How) {
+        let ids = [job_id.to_owned()];
+        let Ok(snapshots) = describe(&self.daemon.clients.batch, &ids).await else {
+            return;
+        };
+        let Some(snapshot) = snapshots.iter().find(|s| s.job_id == job_id) else {
+            return;
+        };
+        if snapshot.is_array_parent() {
+            how.array = Some(ArrayFollow {
+                show_failed,
+                ..ArrayFollow::default()
+            });
+        } else if snapshot.is_multinode_parent() {
+            how.nodes = Some(NodeFollow {
+                show_failed,
+                ..NodeFollow::default()
+            });
+        }
     }
 
     /// The job id and key of a request naming either.
@@ -399,6 +428,20 @@ impl Connection {
 
     async fn kill(&self, raw: &Value) -> Result<Value, RpcError> {
         let p: JobRef = params(raw)?;
+        // Batch ends a multi-node job with its main node and a dead node does nothing to it:
+        // a node is not stopped alone (as `mfbatch kill` refuses it).
+        if let Some((job, _)) = p.job_id.as_deref().and_then(|id| id.split_once('#')) {
+            let id = p.job_id.as_deref().unwrap_or_default();
+            return Err(RpcError::new(
+                INVALID_PARAMS,
+                format!("{id} is a node of multi-node job {job}; nodes are not stopped alone"),
+            )
+            .with_data(json!({
+                "kind": "usage",
+                "job_id": job,
+                "hint": format!("kill {{\"job_id\": \"{job}\"}} stops every node"),
+            })));
+        }
         let reason = p
             .reason
             .unwrap_or_else(|| "stopped through mfbatch serve".into());
