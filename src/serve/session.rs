@@ -19,7 +19,6 @@ use super::protocol::*;
 use super::Daemon;
 use crate::track::array::ArrayFollow;
 use crate::track::nodes::NodeFollow;
-use crate::track::snapshot::describe;
 
 /// How long an ending connection waits for its launches already in SubmitJob.
 const SETTLE_WAIT: Duration = Duration::from_secs(60);
@@ -212,7 +211,7 @@ impl Connection {
             let result = match request.method.as_str() {
                 "ping" => Ok(json!({"t": now_ms()})),
                 "launch" => self.launch(&request.params).await,
-                "follow" => self.follow(&request.params).await,
+                "follow" => self.follow(&request.params),
                 "unfollow" => self.unfollow(&request.params),
                 "kill" => self.kill(&request.params).await,
                 "status" => Ok(self.status()),
@@ -341,7 +340,7 @@ impl Connection {
         }
     }
 
-    async fn follow(self: &Arc<Self>, raw: &Value) -> Result<Value, RpcError> {
+    fn follow(self: &Arc<Self>, raw: &Value) -> Result<Value, RpcError> {
         let p: FollowParams = params(raw)?;
         let (job_id, key) = self.resolve(p.job_id, p.key)?;
         let cursor = match p.cursor.as_deref() {
@@ -353,8 +352,16 @@ impl Connection {
             logs: p.logs,
             ..Default::default()
         };
+        // The tracker's first description says which of the two (if any) the job is.
         if let Some(show_failed) = p.show_failed {
-            self.follow_as_one(&job_id, show_failed, &mut how).await;
+            how.array = Some(ArrayFollow {
+                show_failed,
+                ..ArrayFollow::default()
+            });
+            how.nodes = Some(NodeFollow {
+                show_failed,
+                ..NodeFollow::default()
+            });
         }
         if let Some(old) = self.sub_for(&job_id) {
             old.unfollow();
@@ -363,30 +370,6 @@ impl Connection {
         follow::start(self, &sub, job_id.clone(), how, cursor);
         self.add_sub(&sub);
         Ok(json!({"job_id": job_id, "key": key}))
-    }
-
-    /// `show_failed` for an array's parent or a multi-node job: one DescribeJobs says which the
-    /// job is. A plain job, an id Batch does not know (yet) or a failed call leave `how` as it
-    /// is: the tracker's first description then decides, with the default knobs.
-    async fn follow_as_one(&self, job_id: &str, show_failed: usize, how: &mut follow::How) {
-        let ids = [job_id.to_owned()];
-        let Ok(snapshots) = describe(&self.daemon.clients.batch, &ids).await else {
-            return;
-        };
-        let Some(snapshot) = snapshots.iter().find(|s| s.job_id == job_id) else {
-            return;
-        };
-        if snapshot.is_array_parent() {
-            how.array = Some(ArrayFollow {
-                show_failed,
-                ..ArrayFollow::default()
-            });
-        } else if snapshot.is_multinode_parent() {
-            how.nodes = Some(NodeFollow {
-                show_failed,
-                ..NodeFollow::default()
-            });
-        }
     }
 
     /// The job id and key of a request naming either.

@@ -217,12 +217,14 @@ pub struct FollowRequest {
     /// How long DescribeJobs may not know the id ([`TrackerConfig::not_found_grace`] when
     /// unset). Ids a user typed need no more than a moment: they are not just submitted.
     pub not_found_grace: Option<Duration>,
-    /// The job is an array's parent: follow it as one thing ([`array`]).
+    /// How to follow the job if it is an array's parent ([`array`]; the defaults when unset).
     pub array: Option<array::ArrayFollow>,
-    /// The job is a multi-node parallel job: follow it as one thing ([`nodes`]).
+    /// How to follow the job if it is a multi-node parallel job ([`nodes`]; the defaults when
+    /// unset).
     ///
-    /// Without `array` or `nodes`, the job's first description decides: an array's parent or a
-    /// multi-node job is followed as one thing with the default knobs (not with `once`).
+    /// The job's first description decides what it is: an array's parent or a multi-node job is
+    /// followed as one thing (not with `once`), anything else as an ordinary job, whatever these
+    /// two say.
     pub nodes: Option<nodes::NodeFollow>,
     /// Read logs only while this credit has room (a consumer that may fall behind).
     pub log_credit: Option<Arc<LogCredit>>,
@@ -343,13 +345,7 @@ impl Tracker {
                 .not_found_grace
                 .unwrap_or(self.inner.config.not_found_grace),
         });
-        let task = if request.array.is_some() {
-            tokio::spawn(array::run(self.clone(), request, updates_rx, sink))
-        } else if request.nodes.is_some() {
-            tokio::spawn(nodes::run(self.clone(), request, updates_rx, sink))
-        } else {
-            tokio::spawn(dispatch(self.clone(), request, updates_rx, sink))
-        };
+        let task = tokio::spawn(dispatch(self.clone(), request, updates_rx, sink));
         JobHandle {
             job_id,
             events: None,
@@ -443,10 +439,17 @@ async fn dispatch(
                 let _guard = AbortOnDrop(main.abort_handle());
                 return main.wait().await;
             }
+            request.array = None;
+            request.nodes = None;
         } else if snapshot.is_array_parent() {
-            request.array = Some(array::ArrayFollow::default());
+            request.array.get_or_insert_with(Default::default);
+            request.nodes = None;
         } else if snapshot.is_multinode_parent() {
-            request.nodes = Some(nodes::NodeFollow::default());
+            request.nodes.get_or_insert_with(Default::default);
+            request.array = None;
+        } else {
+            request.array = None;
+            request.nodes = None;
         }
     }
     let Some(first) = first else {
