@@ -671,7 +671,7 @@ async fn aborting_the_follow_of_a_multi_node_job_stops_its_main_nodes_follower()
 #[tokio::test]
 async fn describe_jobs_failing_at_first_still_finds_a_multi_node_job() {
     let fake = FakeAws::start().await;
-    let id = fake.submit_nodes(3, script_with(20, 3, 0, Some(2))).await;
+    let id = fake.submit_nodes(3, script_with(60, 3, 0, Some(2))).await;
     fake.fail_next("DescribeJobs", 30, Fault::ServerError);
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let sink: EventSink = {
@@ -718,9 +718,10 @@ async fn describe_jobs_failing_at_first_still_finds_a_multi_node_job() {
 #[tokio::test]
 async fn a_retried_job_reports_its_last_attempt_and_watches_its_ended_nodes_again() {
     let fake = Arc::new(FakeAws::start().await);
+    // Node 1 fails long before the main node's first attempt does, however busy the machine.
     let main = Timeline::new()
         .status(JobStatus::Runnable, 1)
-        .running(12)
+        .running(60)
         .logs(&["main, first try"])
         .attempt_failed(AttemptEnd::exit(1))
         .status(JobStatus::Runnable, 1)

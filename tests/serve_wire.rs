@@ -566,7 +566,8 @@ async fn a_multi_node_launch_streams_its_main_node_and_ends_with_its_code() {
     fake.script_next_nodes(support::NodesScript::each(3, |i| {
         let timeline = Timeline::new().status(JobStatus::Runnable, 1);
         match i {
-            0 => timeline.running(8).logs(&["main up", "main done"]).exit(4),
+            // The main node outlasts the others, however busy the machine.
+            0 => timeline.running(25).logs(&["main up", "main done"]).exit(4),
             1 => timeline.running(2).logs(&["node 1 broke"]).exit(9),
             _ => timeline.running(2).logs(&["node 2 fine"]).exit(0),
         }
@@ -616,7 +617,8 @@ async fn a_multi_node_launch_takes_show_failed() {
     fake.script_next_nodes(support::NodesScript::each(3, |i| {
         let timeline = Timeline::new().status(JobStatus::Runnable, 1);
         match i {
-            0 => timeline.running(8).logs(&["main up"]).succeeded(),
+            // As above: the other nodes end before the main one.
+            0 => timeline.running(25).logs(&["main up"]).succeeded(),
             _ => timeline.running(2).logs(&["node broke"]).exit(9),
         }
     }));
