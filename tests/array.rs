@@ -6,8 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use mfbatch::event::{Event, EventSink, JobStatus};
 use mfbatch::track::array::ArrayFollow;
 use mfbatch::track::{FollowRequest, Tracker, TrackerConfig};
 use serde_json::Value;
-use support::cli::Cli;
+use support::cli::{interrupt_and_finish, read_until, Cli};
 use support::*;
 
 fn fast_config() -> TrackerConfig {
@@ -430,31 +429,12 @@ async fn ctrl_c_terminates_the_parent_and_so_every_child() {
             .logs(&[&format!("child {i} up")])
             .succeeded()
     }));
-    let cli = project(&fake);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mfbatch"))
-        .args(["run", "step.py", "--array", "4"])
-        .current_dir(cli.work())
-        .env_clear()
-        .envs(fake.cli_env(cli.home()))
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("MFBATCH_POLL_MIN_MS", "20")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cli = project(&fake);
+    cli.set_env("MFBATCH_POLL_MIN_MS", "20");
+    let mut child = cli.spawn(&["run", "step.py", "--array", "4"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("RUNNING 4") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
-        seen.push_str(&line);
-    }
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let code = tokio::task::block_in_place(|| child.wait()).unwrap().code();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING 4"));
+    let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
     assert_eq!(code, Some(130), "{seen}{rest}");
     let parent = fake.jobs()[0].id.clone();
     let stops: Vec<Value> = fake.requests("TerminateJob");

@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::BufReader;
 use std::time::{Duration, Instant};
 
-use support::cli::Cli;
+use support::cli::{interrupt, interrupt_and_finish, read_until, wait_with_deadline, Cli};
 use support::{AttemptEnd, FakeAws, JobStatus, Timeline};
 
 /// A user's session whose polls and log drain are fast enough for tests.
@@ -125,78 +124,12 @@ async fn json_output_is_one_event_per_line() {
     assert_eq!(logs, ["a", "b"]);
 }
 
-/// Spawns the binary with piped output, for tests that signal it.
-fn spawn(cli: &Cli, fake: &FakeAws, args: &[&str]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mfbatch"));
-    command
-        .args(args)
-        .current_dir(cli.work())
-        .env_clear()
-        .envs(fake.cli_env(cli.home()))
-        .env("MFBATCH_POLL_MIN_MS", "20")
-        .env("MFBATCH_DRAIN_QUIET_MS", "150")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(path) = std::env::var_os("PATH") {
-        command.env("PATH", path);
-    }
-    command.spawn().expect("spawn mfbatch")
-}
-
-/// Reads stderr lines until one contains `needle`; returns them all.
-fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
-    let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("read stderr") == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        if line.contains(needle) {
-            return seen;
-        }
-    }
-    panic!("never saw {needle:?}; stderr so far:\n{seen}");
-}
-
-fn interrupt(child: &Child) {
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-}
-
-/// Sends SIGINT, waits for the exit (20 s at most) and returns the code and the rest of stderr.
-fn interrupt_and_finish(child: &mut Child, stderr: &mut impl BufRead) -> (Option<i32>, String) {
-    interrupt(child);
-    let code = tokio::task::block_in_place(|| wait_with_deadline(child, Duration::from_secs(20)));
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    (code, rest)
-}
-
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mfbatch did not exit within {limit:?} of the interrupt");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_terminates_the_submitted_job_and_exits_130() {
     let fake = FakeAws::start().await;
     script_job_that_runs_on(&fake);
     let cli = cli(&fake);
-    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut child = cli.spawn(&["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
     let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
@@ -219,7 +152,7 @@ async fn ctrl_c_returns_within_the_grace_even_when_the_job_is_not_seen_to_stop()
     script_job_that_runs_on(&fake);
     fake.fail_always("TerminateJob", support::Fault::AccessDenied);
     let cli = cli(&fake);
-    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut child = cli.spawn(&["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
     let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
@@ -248,7 +181,7 @@ async fn a_second_ctrl_c_does_not_wait_for_a_hanging_stop() {
         support::Fault::Hang(Duration::from_secs(30)),
     );
     let cli = cli(&fake);
-    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut child = cli.spawn(&["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
     interrupt(&child);
@@ -275,7 +208,7 @@ async fn ctrl_c_on_logs_leaves_the_job_running() {
     let cli = cli(&fake);
     let out = run(&cli, &["run", "step.py", "--detach"]).await;
     let job_id = out.stdout.trim().to_owned();
-    let mut child = spawn(&cli, &fake, &["logs", &job_id]);
+    let mut child = cli.spawn(&["logs", &job_id]);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     tokio::task::block_in_place(|| read_until(&mut stdout, "working"));
     interrupt(&child);
@@ -406,7 +339,7 @@ async fn ctrl_c_before_submitting_creates_no_job() {
         "weights.py",
         support::incompressible(96 << 20, 1),
     );
-    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut child = cli.spawn(&["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let seen = tokio::task::block_in_place(|| read_until(&mut stderr, "Uploading"));
     let (code, rest) = interrupt_and_finish(&mut child, &mut stderr);
@@ -437,7 +370,7 @@ async fn a_second_ctrl_c_leaves_at_once_and_says_how_to_follow_later() {
     // The stop cannot get through, so the job keeps running after the first Ctrl-C.
     fake.fail_always("TerminateJob", support::Fault::AccessDenied);
     let cli = cli(&fake);
-    let mut child = spawn(&cli, &fake, &["run", "step.py"]);
+    let mut child = cli.spawn(&["run", "step.py"]);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = tokio::task::block_in_place(|| read_until(&mut stderr, "RUNNING"));
     interrupt(&child);

@@ -3,9 +3,9 @@
 //! output snapshot-stable (port, temp paths, job ids, hashes).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::fake_aws::FakeAws;
@@ -86,8 +86,9 @@ impl Cli {
         super::write_file(self.home(), rel, contents)
     }
 
-    /// Runs `mfbatch ARGS` in the working directory with exactly this environment (plus PATH).
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// Starts `mfbatch ARGS` as [`Cli::run`] does, without waiting: for tests that read its
+    /// output as it comes and signal it.
+    pub fn spawn(&self, args: &[&str]) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mfbatch"));
         command
             .args(args)
@@ -100,7 +101,12 @@ impl Cli {
         if let Some(path) = std::env::var_os("PATH") {
             command.env("PATH", path);
         }
-        let mut child = command.spawn().expect("spawn mfbatch");
+        command.spawn().expect("spawn mfbatch")
+    }
+
+    /// Runs `mfbatch ARGS` in the working directory with exactly this environment (plus PATH).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut child = self.spawn(args);
         let read = |mut pipe: Box<dyn Read + Send>| {
             std::thread::spawn(move || {
                 let mut text = String::new();
@@ -166,4 +172,53 @@ pub fn escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Reads lines until one contains `needle` (30 s at most); returns them all.
+pub fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read output") == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("never saw {needle:?}; output so far:\n{seen}");
+}
+
+/// Ctrl-C, as the terminal sends it to the process.
+pub fn interrupt(child: &Child) {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+}
+
+/// Sends SIGINT, waits for the exit (20 s at most) and returns the code and the rest of stderr.
+pub fn interrupt_and_finish(child: &mut Child, stderr: &mut impl BufRead) -> (Option<i32>, String) {
+    interrupt(child);
+    let code = tokio::task::block_in_place(|| wait_with_deadline(child, Duration::from_secs(20)));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    (code, rest)
+}
+
+/// The exit code, or a panic when the process outlives `limit`.
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mfbatch did not exit within {limit:?} of the interrupt");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
