@@ -188,11 +188,7 @@ async fn children_no_environment_places_are_warned_about_and_the_array_cancelled
             .succeeded()
     });
     let id = fake.submit_array(4, stuck).await;
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink: EventSink = {
-        let events = events.clone();
-        Arc::new(move |e| events.lock().unwrap().push(e))
-    };
+    let (sink, events) = recording_sink();
     let config = TrackerConfig {
         runnable_warning: Duration::from_millis(100),
         runnable_timeout: Some(Duration::from_millis(400)),
@@ -451,11 +447,7 @@ async fn aborting_the_follow_of_an_array_stops_its_streamed_children() {
     let fake = FakeAws::start().await;
     let script = ArrayScript::each(3, |i| child(i, 400, 0));
     let id = fake.submit_array(3, script).await;
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink: EventSink = {
-        let events = events.clone();
-        Arc::new(move |e| events.lock().unwrap().push(e))
-    };
+    let (sink, events) = recording_sink();
     let tracker = Tracker::new(&fake.clients(), fast_config());
     let request = FollowRequest {
         array: Some(ArrayFollow {
@@ -465,20 +457,8 @@ async fn aborting_the_follow_of_an_array_stops_its_streamed_children() {
         ..FollowRequest::new(&id)
     };
     let handle = tracker.follow_with(request, sink);
-    let logged = || {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::Log { .. }))
-    };
-    for _ in 0..500 {
-        if logged() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(logged(), "child 1's first line");
+    // child 1's first line.
+    wait_for_event(&events, |e| matches!(e, Event::Log { .. })).await;
     handle.abort_handle().abort();
     let _ = handle.wait().await;
     tokio::time::sleep(Duration::from_millis(300)).await;

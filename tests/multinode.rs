@@ -55,11 +55,7 @@ fn script_with(
 
 /// Follows the job (as `request` says), collecting every event.
 async fn follow(fake: &FakeAws, request: FollowRequest) -> (Vec<Event>, Outcome) {
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink: EventSink = {
-        let events = events.clone();
-        Arc::new(move |e| events.lock().unwrap().push(e))
-    };
+    let (sink, events) = recording_sink();
     let tracker = Tracker::new(&fake.clients(), fast_tracker_config());
     let outcome = tokio::time::timeout(
         Duration::from_secs(120),
@@ -329,11 +325,7 @@ async fn a_job_no_environment_places_is_warned_about_and_cancelled_as_a_whole() 
             }),
         )
         .await;
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink: EventSink = {
-        let events = events.clone();
-        Arc::new(move |e| events.lock().unwrap().push(e))
-    };
+    let (sink, events) = recording_sink();
     let config = mfbatch::track::TrackerConfig {
         runnable_warning: Duration::from_millis(100),
         runnable_timeout: Some(Duration::from_millis(400)),
@@ -607,27 +599,11 @@ fn describes_of(fake: &FakeAws, id: &str) -> usize {
 async fn aborting_the_follow_of_a_multi_node_job_stops_its_main_nodes_follower() {
     let fake = FakeAws::start().await;
     let id = fake.submit_nodes(3, script_with(400, 3, 0, None)).await;
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink: EventSink = {
-        let events = events.clone();
-        Arc::new(move |e| events.lock().unwrap().push(e))
-    };
+    let (sink, events) = recording_sink();
     let tracker = Tracker::new(&fake.clients(), fast_tracker_config());
     let handle = tracker.follow_with(FollowRequest::new(&id), sink);
-    let logged = || {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::Log { .. }))
-    };
-    for _ in 0..500 {
-        if logged() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(logged(), "the main node's first line");
+    // the main node's first line.
+    wait_for_event(&events, |e| matches!(e, Event::Log { .. })).await;
     // What `serve`'s unfollow and an embedder's abort do.
     handle.abort_handle().abort();
     let _ = handle.wait().await;
@@ -653,11 +629,7 @@ async fn describe_jobs_failing_at_first_still_finds_a_multi_node_job() {
     let fake = FakeAws::start().await;
     let id = fake.submit_nodes(3, script_with(60, 3, 0, Some(2))).await;
     fake.fail_next("DescribeJobs", 30, Fault::ServerError);
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink: EventSink = {
-        let events = events.clone();
-        Arc::new(move |e| events.lock().unwrap().push(e))
-    };
+    let (sink, events) = recording_sink();
     let config = mfbatch::track::TrackerConfig {
         // The failures outlast the warning, never the limit.
         status_failure_warning: Duration::from_millis(20),

@@ -53,6 +53,33 @@ pub fn test_spec(
         .expect("a valid spec")
 }
 
+/// A sink that keeps every event, and the events it kept.
+pub fn recording_sink() -> (
+    mfbatch::event::EventSink,
+    std::sync::Arc<std::sync::Mutex<Vec<mfbatch::event::Event>>>,
+) {
+    let events: std::sync::Arc<std::sync::Mutex<Vec<mfbatch::event::Event>>> = Default::default();
+    let kept = events.clone();
+    (
+        std::sync::Arc::new(move |e| kept.lock().unwrap().push(e)),
+        events,
+    )
+}
+
+/// Waits (10 s at most) until one of the kept events matches.
+pub async fn wait_for_event(
+    events: &std::sync::Mutex<Vec<mfbatch::event::Event>>,
+    matches: impl Fn(&mfbatch::event::Event) -> bool,
+) {
+    for _ in 0..500 {
+        if events.lock().unwrap().iter().any(&matches) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no such event: {:?}", events.lock().unwrap());
+}
+
 /// Writes `contents` at `root/rel`, creating parent directories; returns the path.
 pub fn write_file(root: &Path, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     let path = root.join(rel);
