@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::job::{describe_error, snapshot_from};
+use super::job::{describe_error, snapshot_from, status_change};
 use super::poller::Update;
 use super::runnable::RunnableWatch;
 use super::snapshot::{self, JobSnapshot};
@@ -157,20 +157,10 @@ impl FollowedArray {
     /// `--follow-index` children once children exist.
     fn on_snapshot(&mut self, snapshot: &JobSnapshot) {
         self.job_name.clone_from(&snapshot.job_name);
-        if self.status != Some(snapshot.status) {
-            let now = Instant::now();
-            (self.events)(Event::Status {
-                job_id: self.job_id.clone(),
-                job_name: snapshot.job_name.clone(),
-                status: snapshot.status,
-                previous: self.status,
-                previous_ms: self
-                    .status
-                    .map(|_| (now - self.status_since).as_millis() as u64),
-                reason: None,
-            });
+        if let Some(event) = status_change(&self.job_id, snapshot, self.status, self.status_since) {
+            (self.events)(event);
             self.status = Some(snapshot.status);
-            self.status_since = now;
+            self.status_since = Instant::now();
         }
         let Some(array) = &snapshot.array else {
             return;

@@ -117,6 +117,28 @@ async fn follow_batched(
     }
 }
 
+/// The `Status` event of `snapshot`'s status when it is not `previous` (seen since `since`);
+/// Batch's reason comes with RUNNABLE, where it says why the job waits.
+pub(super) fn status_change(
+    job_id: &str,
+    snapshot: &JobSnapshot,
+    previous: Option<JobStatus>,
+    since: Instant,
+) -> Option<Event> {
+    let reason = snapshot
+        .status_reason
+        .clone()
+        .filter(|_| snapshot.status == JobStatus::Runnable);
+    (previous != Some(snapshot.status)).then(|| Event::Status {
+        job_id: job_id.to_owned(),
+        job_name: snapshot.job_name.clone(),
+        status: snapshot.status,
+        previous,
+        previous_ms: previous.map(|_| since.elapsed().as_millis() as u64),
+        reason,
+    })
+}
+
 /// An AWS error in one line, with the service's own message.
 pub(super) fn describe_error(err: &crate::error::AwsError) -> String {
     match &err.message {
@@ -262,23 +284,10 @@ impl FollowedJob<'_> {
     ) -> Result<(), TrackError> {
         let events = self.events;
         let job_id = &self.job_id;
-        if self.status != Some(snapshot.status) {
-            let now = Instant::now();
-            events(Event::Status {
-                job_id: job_id.clone(),
-                job_name: snapshot.job_name.clone(),
-                status: snapshot.status,
-                previous: self.status,
-                previous_ms: self
-                    .status
-                    .map(|_| (now - self.status_since).as_millis() as u64),
-                reason: snapshot
-                    .status_reason
-                    .clone()
-                    .filter(|_| snapshot.status == JobStatus::Runnable),
-            });
+        if let Some(event) = status_change(job_id, snapshot, self.status, self.status_since) {
+            events(event);
             self.status = Some(snapshot.status);
-            self.status_since = now;
+            self.status_since = Instant::now();
         }
         if !self.request.without_logs {
             for (attempt, stream) in snapshot.log_streams() {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::job::{describe_error, snapshot_from};
+use super::job::{describe_error, snapshot_from, status_change};
 use super::poller::{self, Update};
 use super::runnable::RunnableWatch;
 use super::snapshot::{self, JobSnapshot};
@@ -262,25 +262,11 @@ impl FollowedNodes {
             self.num_nodes = nodes.num_nodes.unwrap_or(self.num_nodes);
             self.main_node = nodes.main_node.unwrap_or(self.main_node);
         }
-        if self.status == Some(snapshot.status) {
-            return;
+        if let Some(event) = status_change(&self.job_id, snapshot, self.status, self.status_since) {
+            (self.events)(event);
+            self.status = Some(snapshot.status);
+            self.status_since = Instant::now();
         }
-        let now = Instant::now();
-        (self.events)(Event::Status {
-            job_id: self.job_id.clone(),
-            job_name: snapshot.job_name.clone(),
-            status: snapshot.status,
-            previous: self.status,
-            previous_ms: self
-                .status
-                .map(|_| (now - self.status_since).as_millis() as u64),
-            reason: snapshot
-                .status_reason
-                .clone()
-                .filter(|_| snapshot.status == JobStatus::Runnable),
-        });
-        self.status = Some(snapshot.status);
-        self.status_since = now;
     }
 
     /// The main node, followed as an ordinary job (its logs as the request asks). Not with the
