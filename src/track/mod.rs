@@ -336,40 +336,38 @@ impl Tracker {
 
     /// Follows a job; its events go to `sink` (which many jobs may share).
     pub fn follow_with(&self, request: FollowRequest, sink: EventSink) -> JobHandle {
-        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let updates = self.watch(&request);
         let job_id = request.job_id.clone();
-        let _ = self.inner.poller.send(poller::Command::Watch {
-            job_id: job_id.clone(),
-            updates: updates_tx,
-            not_found_grace: request
-                .not_found_grace
-                .unwrap_or(self.inner.config.not_found_grace),
-        });
-        let task = tokio::spawn(dispatch(self.clone(), request, updates_rx, sink));
         JobHandle {
             job_id,
             events: None,
-            task,
+            task: tokio::spawn(dispatch(self.clone(), request, updates, sink)),
         }
     }
 
     /// Follows a part of a larger job (a multi-node job's main node) as an ordinary job, with
     /// `ctx` (the part's own settings, e.g. no RUNNABLE stop of a single node).
     fn follow_part(&self, request: FollowRequest, sink: EventSink, ctx: job::Context) -> JobHandle {
-        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let updates = self.watch(&request);
         let job_id = request.job_id.clone();
-        let _ = self.inner.poller.send(poller::Command::Watch {
-            job_id: job_id.clone(),
-            updates: updates_tx,
-            not_found_grace: request
-                .not_found_grace
-                .unwrap_or(ctx.config.not_found_grace),
-        });
         JobHandle {
             job_id,
             events: None,
-            task: tokio::spawn(job::run(ctx, request, updates_rx, sink)),
+            task: tokio::spawn(job::run(ctx, request, updates, sink)),
         }
+    }
+
+    /// The poller's updates about the request's job, from now on.
+    fn watch(&self, request: &FollowRequest) -> mpsc::UnboundedReceiver<poller::Update> {
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let _ = self.inner.poller.send(poller::Command::Watch {
+            job_id: request.job_id.clone(),
+            updates: updates_tx,
+            not_found_grace: request
+                .not_found_grace
+                .unwrap_or(self.inner.config.not_found_grace),
+        });
+        updates_rx
     }
 
     fn job_context(&self) -> job::Context {
