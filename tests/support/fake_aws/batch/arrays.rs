@@ -92,33 +92,10 @@ impl State {
                 .cloned()
                 .filter(|t| !t.phases.is_empty())
                 .unwrap_or_else(|| self.default_timeline.clone());
-            let parent = &self.jobs[parent_id];
             let id = format!("{parent_id}:{index}");
             let child = Job {
-                id: id.clone(),
-                name: parent.name.clone(),
-                queue_arn: parent.queue_arn.clone(),
-                queue_name: parent.queue_name.clone(),
-                definition_arn: parent.definition_arn.clone(),
-                definition_name: parent.definition_name.clone(),
-                definition: parent.definition.clone(),
-                submit: parent.submit.clone(),
-                created_at: parent.created_at,
-                started_at: None,
-                stopped_at: None,
-                hidden_for: 0,
-                phases: timeline.phases,
-                phase: 0,
-                seen: 0,
-                status: JobStatus::Submitted,
-                status_reason: None,
-                attempts: Vec::new(),
-                end_nonce: parent.end_nonce.clone(),
-                auto_end_records: timeline.auto_end_records,
                 array_index: Some(index),
-                array: None,
-                node: None,
-                nodes: None,
+                ..Job::part_of(&self.jobs[parent_id], id.clone(), timeline)
             };
             self.jobs.insert(id.clone(), child);
             self.enter_phase(&id, 0);

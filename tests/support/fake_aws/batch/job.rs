@@ -64,6 +64,37 @@ pub struct JobView {
 }
 
 impl Job {
+    /// A part of `parent` (an array's child, a multi-node job's node): its bodies and names,
+    /// its own id and `timeline`.
+    pub(super) fn part_of(parent: &Job, id: String, timeline: Timeline) -> Job {
+        Job {
+            id,
+            name: parent.name.clone(),
+            queue_arn: parent.queue_arn.clone(),
+            queue_name: parent.queue_name.clone(),
+            definition_arn: parent.definition_arn.clone(),
+            definition_name: parent.definition_name.clone(),
+            definition: parent.definition.clone(),
+            submit: parent.submit.clone(),
+            created_at: parent.created_at,
+            started_at: None,
+            stopped_at: None,
+            hidden_for: 0,
+            phases: timeline.phases,
+            phase: 0,
+            seen: 0,
+            status: JobStatus::Submitted,
+            status_reason: None,
+            attempts: Vec::new(),
+            end_nonce: parent.end_nonce.clone(),
+            auto_end_records: timeline.auto_end_records,
+            array_index: None,
+            array: None,
+            node: None,
+            nodes: None,
+        }
+    }
+
     pub(crate) fn view(&self) -> JobView {
         JobView {
             id: self.id.clone(),
