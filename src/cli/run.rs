@@ -38,8 +38,6 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         Some(resolved) => resolved,
         None => return Ok(exit::SUCCESS), // --show-config
     };
-    let array_size = spec.batch().and_then(|b| b.scheduling.array_size());
-    let multinode = spec.batch().is_some_and(|b| b.scheduling.nodes.is_some());
     if spec.batch().is_none() {
         if args.dry_run || args.detach {
             return Err(Failure::usage_message(
@@ -82,12 +80,7 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
         return Ok(exit::SUCCESS);
     }
     let heartbeats = recorder.clone().map(|r| tokio::spawn(r.run_heartbeats()));
-    let request = follow_request(
-        &args,
-        submitted.job_id.clone(),
-        array_size.is_some(),
-        multinode,
-    );
+    let request = follow_request(&args, submitted.job_id.clone());
     let code = follow::follow(
         &clients,
         follow::tracker_config(
@@ -113,15 +106,16 @@ pub async fn run(args: RunArgs, global: Global) -> Result<u8, Failure> {
     code
 }
 
-/// How `run` follows what it submitted: an array or a multi-node job as one thing.
-fn follow_request(args: &RunArgs, job_id: String, array: bool, multinode: bool) -> FollowRequest {
+/// How `run` follows what it submitted: an array or a multi-node job as one thing, with the
+/// flags' knobs (the job's first description says which it is).
+fn follow_request(args: &RunArgs, job_id: String) -> FollowRequest {
     FollowRequest {
-        array: array.then(|| ArrayFollow {
+        array: Some(ArrayFollow {
             show_failed: args.batch.show_failed,
             follow_indexes: args.batch.follow_index.clone(),
             ..ArrayFollow::default()
         }),
-        nodes: multinode.then(|| NodeFollow {
+        nodes: Some(NodeFollow {
             show_failed: args.batch.show_failed,
             ..NodeFollow::default()
         }),

@@ -187,21 +187,9 @@ impl Daemon {
                 replayed: false,
             },
         };
-        let launch = {
-            let mut launches = self.launches.lock().expect("launches lock");
-            // Two requests for one key can both get here; the first one in launches.
-            if let Some(launch) = launches.get(&params.key) {
-                return Ok(Accepted::InProgress(launch.clone()));
-            }
-            let launch = Arc::new(Launch {
-                key: params.key.clone(),
-                params_hash: hash.clone(),
-                settled: watch::channel(None).0,
-                cancelled: Default::default(),
-                submitting: Default::default(),
-            });
-            launches.insert(params.key.clone(), launch.clone());
-            launch
+        let launch = match self.start_launch(&params.key, &hash) {
+            Ok(launch) => launch,
+            Err(first) => return Ok(Accepted::InProgress(first)),
         };
         if !intent.replayed {
             let record = Record::Intent {
@@ -221,6 +209,24 @@ impl Daemon {
             }
         }
         Ok(Accepted::New(launch, Box::new(spec), intent, admitted))
+    }
+
+    /// The key's launch, now in progress; or the one another request for the key started first.
+    fn start_launch(&self, key: &str, hash: &str) -> Result<Arc<Launch>, Arc<Launch>> {
+        let mut launches = self.launches.lock().expect("launches lock");
+        // Two requests for one key can both get here (validation takes time).
+        if let Some(launch) = launches.get(key) {
+            return Err(launch.clone());
+        }
+        let launch = Arc::new(Launch {
+            key: key.to_owned(),
+            params_hash: hash.to_owned(),
+            settled: watch::channel(None).0,
+            cancelled: Default::default(),
+            submitting: Default::default(),
+        });
+        launches.insert(key.to_owned(), launch.clone());
+        Ok(launch)
     }
 
     /// The `hello` result's list: every key the journal knows.
