@@ -7,10 +7,14 @@
 //! 3. the project file: `.metaflow/config.json` in the working directory or its nearest ancestor,
 //!    looking no higher than the repository root (a directory holding `.git`) or `$HOME`, and
 //!    only at a file owned by the user (or root) that no one else may write: a project file can
-//!    choose the image and the S3 endpoint, so a neighbour's file must not be able to
+//!    choose the image and the S3 endpoint, so a file someone else could write is ignored (with
+//!    a warning)
 //! 4. the profile file: `$METAFLOW_HOME/config.json`, or `config_<METAFLOW_PROFILE>.json` when
 //!    `METAFLOW_PROFILE` is set (`METAFLOW_HOME` defaults to `~/.metaflowconfig`)
 //! 5. the built-in default (some defaults derive from other settings, e.g. the data root)
+//!
+//! An empty value in the environment or a file counts as unset (as in Metaflow); an empty flag is
+//! an error (a script's unset variable, `--queue "$Q"`, must not send the job elsewhere).
 //!
 //! Keys are the environment-variable names, exactly as `metaflow configure aws` writes them, so a
 //! user's existing configuration works unchanged. mfbatch's own tuning keys (`MFBATCH_*`) follow
@@ -373,6 +377,17 @@ pub fn resolve(sources: &Sources) -> Result<Settings, ConfigError> {
     settings.files_read.extend(project_path.iter().cloned());
     settings.files_read.extend(profile_path.iter().cloned());
 
+    // An empty flag is a script's unset variable (`--queue "$Q"`), not a wish for the defaults.
+    if let Some((key, value)) = sources.flags.iter().find(|(_, v)| v.trim().is_empty()) {
+        return Err(ConfigError::InvalidFlag {
+            flag: key.flag().unwrap_or("flag"),
+            value: value.clone(),
+            reason: format!(
+                "is empty; leave the flag out to use {} or the config files",
+                key.name()
+            ),
+        });
+    }
     for key in Key::every() {
         // Metaflow treats an empty value as unset, so an empty one falls through to the next source.
         let non_empty = |v: &&String| !v.trim().is_empty();

@@ -199,6 +199,13 @@ async fn bad_input_exits_2_naming_the_problem_before_any_aws_call() {
             names: "--memory",
         },
         BadInput {
+            // `--queue "$Q"` with Q unset must not send the job to the configured queue.
+            name: "empty queue",
+            setup: nothing,
+            args: &["run", "--detach", "--queue", "", "step.py"],
+            names: "--queue",
+        },
+        BadInput {
             name: "env without =",
             setup: nothing,
             args: &["run", "--detach", "--env", "NOEQUALS", "step.py"],

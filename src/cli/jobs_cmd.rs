@@ -7,12 +7,15 @@ use mfbatch::error::AwsError;
 use mfbatch::event::JobStatus;
 use mfbatch::settings::{self, Sources};
 use mfbatch::track::snapshot::JobSnapshot;
-use mfbatch::track::{logs::start_time_for, stop_job, FollowRequest, RateBudget, MAX_IDS_PER_CALL};
+use mfbatch::track::{
+    logs::start_time_for, stop_job, FollowRequest, RateBudget, TrackError, MAX_IDS_PER_CALL,
+};
 
 use super::args::{KillArgs, LogsArgs, Output, StatusArgs};
 use super::exit;
 use super::failure::Failure;
 use super::follow::{self, Interrupts, OnInterrupt};
+use super::report::print_error;
 use super::run::parse_duration;
 use super::signals::Signals;
 use super::Global;
@@ -66,6 +69,15 @@ pub async fn logs(args: LogsArgs, global: Global) -> Result<u8, Failure> {
         global,
     )
     .await
+}
+
+/// A job DescribeJobs does not know, said as `logs` says it (with its hint).
+fn not_found(global: &Global, id: &str) {
+    let err = TrackError::NotFound {
+        job_id: id.to_owned(),
+    };
+    let hint = err.hint();
+    print_error(global, &err, hint);
 }
 
 /// Describes jobs in calls of up to 100 ids.
@@ -153,7 +165,7 @@ pub async fn status(args: StatusArgs, global: Global) -> Result<u8, Failure> {
         }
     }
     for id in &missing {
-        eprintln!("{} job {id} was not found", global.style.error("error:"));
+        not_found(&global, id);
     }
     Ok(if missing.is_empty() {
         exit::SUCCESS
@@ -180,7 +192,7 @@ pub async fn kill(args: KillArgs, global: Global) -> Result<u8, Failure> {
             continue;
         }
         let Some(snapshot) = snapshots.iter().find(|s| &s.job_id == id) else {
-            eprintln!("{} job {id} was not found", global.style.error("error:"));
+            not_found(&global, id);
             code = exit::FAILURE;
             continue;
         };

@@ -42,11 +42,23 @@ pub struct LaunchParams {
     pub root: Option<PathBuf>,
     #[serde(default)]
     pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gpu: Option<String>,
     #[serde(default)]
     pub env: Vec<String>,
@@ -56,9 +68,17 @@ pub struct LaunchParams {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flag_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retries: Option<String>,
     #[serde(default)]
     pub retry_any_failure: bool,
@@ -441,6 +461,27 @@ mod tests {
         assert_ne!(keyed_name("n", "k1"), keyed_name("n", "k2"));
         assert_eq!(key_tag("flow/1/step/2"), "flow/1/step/2");
         assert!(key_tag("a\nb").starts_with("sha256:"));
+    }
+
+    #[test]
+    fn resources_take_numbers_and_hash_as_their_text() {
+        let numbers: LaunchParams = serde_json::from_value(json!({
+            "key": "k", "script": "s.py", "cpu": 1, "memory": 4096, "gpu": 0,
+            "timeout": 60, "retries": 2, "priority": 0.5
+        }))
+        .unwrap();
+        let text: LaunchParams = serde_json::from_value(json!({
+            "key": "k", "script": "s.py", "cpu": "1", "memory": "4096", "gpu": "0",
+            "timeout": "60", "retries": "2", "priority": "0.5"
+        }))
+        .unwrap();
+        assert_eq!(numbers.cpu.as_deref(), Some("1"));
+        assert_eq!(numbers.memory.as_deref(), Some("4096"));
+        assert_eq!(
+            numbers.hash(),
+            text.hash(),
+            "one launch, whichever way written"
+        );
     }
 
     #[test]
