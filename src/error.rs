@@ -67,14 +67,10 @@ impl ConfigError {
     /// What the user can do next, when there is something useful to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            ConfigError::Missing { key, flag } => Some(match flag {
-                Some(flag) => format!(
-                    "pass {flag}, export {key}=..., or add \"{key}\" to .metaflow/config.json or ~/.metaflowconfig/config.json"
-                ),
-                None => format!(
-                    "export {key}=..., or add \"{key}\" to .metaflow/config.json or ~/.metaflowconfig/config.json"
-                ),
-            }),
+            ConfigError::Missing { key, flag } => Some(format!(
+                "{}export {key}=..., or add \"{key}\" to .metaflow/config.json or ~/.metaflowconfig/config.json; nothing set up yet? `mfbatch stack deploy NAME` then `mfbatch configure --from-stack NAME` set every setting (`mfbatch config` shows them)",
+                flag.map(|f| format!("pass {f}, ")).unwrap_or_default()
+            )),
             ConfigError::UnknownProfile { .. } => Some(
                 "create the file (`mfbatch configure --from-stack STACK --profile NAME` or `mfbatch configure aws --profile NAME` writes it) or unset METAFLOW_PROFILE"
                     .into(),

@@ -282,7 +282,8 @@ async fn logs_status_and_kill_work_on_earlier_jobs() {
     let out = run(&cli, &["status", "no-such-job"]).await;
     assert_eq!(out.code, Some(1));
     assert!(
-        out.stderr.contains("job no-such-job is not known to AWS Batch")
+        out.stderr
+            .contains("job no-such-job is not known to AWS Batch")
             && out.stderr.contains("hint: check the job id and the region"),
         "{}",
         out.stderr

@@ -86,10 +86,7 @@ pub async fn run(args: DoctorArgs, global: Global) -> Result<u8, Failure> {
         if failed == 0 {
             eprintln!("All checks passed: `mfbatch run step.py` should work.");
         } else {
-            eprintln!(
-                "{failed} check{} failed.",
-                if failed == 1 { "" } else { "s" }
-            );
+            eprintln!("{} failed.", super::words::count(failed, "check"));
         }
     }
     Ok(if failed == 0 {

@@ -145,14 +145,25 @@ fn say_how_the_stop_went(ids: &[String], seen: &Seen) {
         .collect();
     if running.is_empty() {
         eprintln!("Stopped: {}", seen.describe_stops(ids));
-    } else {
-        eprintln!(
-            "Not yet seen to stop after {}s (the container may take up to 30 s more): {}\n  watch with: mfbatch status {}",
-            STOP_GRACE.as_secs(),
-            running.join(" "),
-            running.join(" ")
-        );
+        return;
     }
+    // A container gets up to 30 s after SIGTERM; a job that never started only waits for Batch.
+    let started = running.iter().any(|id| {
+        seen.statuses
+            .get(*id)
+            .is_some_and(|s| *s >= JobStatus::Starting)
+    });
+    let why = if started {
+        "the container may take up to 30 s more"
+    } else {
+        "Batch has not yet marked it stopped"
+    };
+    eprintln!(
+        "Not yet seen to stop after {}s ({why}): {}\n  watch with: mfbatch status {}",
+        STOP_GRACE.as_secs(),
+        running.join(" "),
+        running.join(" ")
+    );
 }
 
 /// The first interrupt: stop calls are sent at once, in the background, so that a second

@@ -212,9 +212,9 @@ pub async fn status(spec: Pathspec, global: Global) -> Result<u8, Failure> {
                 })
             ),
             Output::Text => println!(
-                "{}  {job_id}  {status:<10} ({source}, {} attempts)",
+                "{}  {job_id}  {status:<10} ({source}, {})",
                 task.pathspec,
-                task.attempts.len()
+                super::words::count(task.attempts.len(), "attempt")
             ),
         }
     }

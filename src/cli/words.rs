@@ -82,6 +82,11 @@ pub fn status(event: &Event, style: &Style) -> String {
     line
 }
 
+/// `n noun`, with an `s` unless there is one.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// The launch's progress lines (packaged, stored, registered, submitted, stopping).
 pub fn progress(event: &Event) -> Option<String> {
     Some(match event {
@@ -90,8 +95,8 @@ pub fn progress(event: &Event) -> Option<String> {
             bytes,
             sha256,
         } => format!(
-            "Packaged {files} file{} ({}), sha256 {}",
-            if *files == 1 { "" } else { "s" },
+            "Packaged {} ({}), sha256 {}",
+            count(*files, "file"),
             human_bytes(*bytes),
             &sha256[..12.min(sha256.len())]
         ),

@@ -344,7 +344,7 @@ async fn compute_environments_check(
     Check::pass(
         NAME,
         format!(
-            "{}: ENABLED, VALID{room}; room for {wanted} vCPUs and {} MiB",
+            "{}: ENABLED, VALID{room}; room for {wanted} vCPU and {} MiB",
             names.join(", "),
             resources.memory.get()
         ),
