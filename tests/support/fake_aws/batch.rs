@@ -162,6 +162,7 @@ impl State {
             .and_then(|kv| kv["value"].as_str())
             .map(str::to_owned);
         let id = self.uuid();
+        self.last_created_ms = now_ms().max(self.last_created_ms + 1);
         let job = Job {
             id: id.clone(),
             name: name.to_owned(),
@@ -171,7 +172,7 @@ impl State {
             definition_name: def_name,
             definition: Arc::new(def_body),
             submit: Arc::new(body.clone()),
-            created_at: now_ms(),
+            created_at: self.last_created_ms,
             started_at: None,
             stopped_at: None,
             hidden_for: timeline.hidden_for,

@@ -119,6 +119,8 @@ pub(crate) struct State {
     empty_log_page_every: usize,
     forward_data_reads: usize,
     last_log_ms: i64,
+    /// The last job's `createdAt`: each job's is later, so "newest first" has one answer.
+    last_created_ms: i64,
     next_event_id: u64,
     filter_calls: usize,
     empty_filter_page_every: usize,
@@ -150,6 +152,7 @@ impl State {
             empty_log_page_every: 0,
             forward_data_reads: 0,
             last_log_ms: 0,
+            last_created_ms: 0,
             next_event_id: 0,
             filter_calls: 0,
             empty_filter_page_every: 0,
