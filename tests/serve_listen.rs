@@ -378,17 +378,8 @@ async fn to_exit<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_connections_follow_one_job_with_one_status_poll() {
     let fake = FakeAws::start().await;
-    let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
-    let early: Vec<&str> = lines[..10].iter().map(String::as_str).collect();
-    let late: Vec<&str> = lines[10..].iter().map(String::as_str).collect();
-    fake.set_default_timeline(
-        Timeline::new()
-            .status(JobStatus::Submitted, 1)
-            .running(15)
-            .logs(&early)
-            .logs_after_reads(4, &late)
-            .succeeded(),
-    );
+    let lines = client::thirty_lines_text();
+    fake.set_default_timeline(client::thirty_lines(15, 4));
     let machine = Machine::new(&fake);
     let socket = machine.home.path().join("run/sock");
     let mut child = daemon(

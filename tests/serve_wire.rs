@@ -226,17 +226,8 @@ fn count_known(hello: &Value, keys: &[String]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_resumes_logs_from_the_cursor() {
     let fake = FakeAws::start().await;
-    let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
-    let early: Vec<&str> = lines[..10].iter().map(String::as_str).collect();
-    let late: Vec<&str> = lines[10..].iter().map(String::as_str).collect();
-    fake.set_default_timeline(
-        Timeline::new()
-            .status(JobStatus::Submitted, 1)
-            .running(40)
-            .logs(&early)
-            .logs_after_reads(6, &late)
-            .succeeded(),
-    );
+    let lines = client::thirty_lines_text();
+    fake.set_default_timeline(client::thirty_lines(40, 6));
     let machine = Machine::new(&fake);
     let mut serve = machine.start(&[]);
     serve.hello(json!({})).await;

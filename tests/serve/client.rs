@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, watch};
 
-use crate::support::FakeAws;
+use crate::support::{FakeAws, JobStatus, Timeline};
 
 pub struct Serve {
     pub child: Child,
@@ -209,4 +209,23 @@ pub fn of<'a>(events: &'a [Value], key: &str, kind: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|e| e["key"] == json!(key) && e["event"] == kind)
         .collect()
+}
+
+/// A job that prints `line 0` to `line 29`: ten at once, twenty once its stream was read
+/// `reads` times (a follower is mid-stream when they come), RUNNING for `running` describes.
+pub fn thirty_lines(running: usize, reads: usize) -> Timeline {
+    let lines = thirty_lines_text();
+    let early: Vec<&str> = lines[..10].iter().map(String::as_str).collect();
+    let late: Vec<&str> = lines[10..].iter().map(String::as_str).collect();
+    Timeline::new()
+        .status(JobStatus::Submitted, 1)
+        .running(running)
+        .logs(&early)
+        .logs_after_reads(reads, &late)
+        .succeeded()
+}
+
+/// What [`thirty_lines`] prints.
+pub fn thirty_lines_text() -> Vec<String> {
+    (0..30).map(|i| format!("line {i}")).collect()
 }
