@@ -115,7 +115,23 @@ async fn json_output_is_one_event_per_line() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert!(kinds.contains(&"submitted"), "{kinds:?}");
-    assert_eq!(kinds.last(), Some(&"exited"));
+    // The job's last event, then where its Metaflow records went.
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["exited", "metadata"],
+        "{kinds:?}"
+    );
+    let metadata = events.last().unwrap();
+    assert_eq!(metadata["pending"], 0, "{metadata}");
+    assert!(
+        metadata["pathspec"].as_str().unwrap().contains('/'),
+        "{metadata}"
+    );
+    assert!(
+        !out.stderr.contains("Recorded as"),
+        "not as text too: {}",
+        out.stderr
+    );
     let logs: Vec<&str> = events
         .iter()
         .filter(|e| e["event"] == "log")

@@ -129,10 +129,18 @@ fn service_records_are_read_by_metaflows_client() {
     let out = run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let job_id = submitted_job_id(&out.stdout);
+    let recorded = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "metadata")
+        .unwrap_or_else(|| panic!("a metadata event: {}", out.describe()));
     assert!(
-        out.stderr.contains("Recorded as MfbFlow/"),
-        "{}",
-        out.describe()
+        recorded["pathspec"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("MfbFlow/"))
+            && recorded["pending"] == 0,
+        "{recorded}"
     );
 
     let got = read_back(

@@ -146,6 +146,19 @@ pub fn start(meta: &RunMetadata, facts: JobFacts, global: Global) -> Option<Arc<
 
 /// The run's metadata line: where it was recorded, or how many records wait in the spool.
 pub fn print_summary(summary: &Summary, spool_dir: &Path, global: Global) {
+    if global.output == super::args::Output::Json {
+        // With the run's events on stdout, where programs read them.
+        let event = serde_json::json!({
+            "event": "metadata",
+            "pathspec": summary.pathspec,
+            "backend": summary.backend,
+            "pending": summary.pending,
+            "spool": (summary.pending > 0).then(|| spool_dir.display().to_string()),
+            "last_error": summary.last_error,
+        });
+        println!("{event}");
+        return;
+    }
     if summary.pending == 0 {
         if !global.quiet {
             eprintln!(
