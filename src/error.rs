@@ -33,6 +33,9 @@ pub enum ConfigError {
         key: &'static str,
         flag: Option<&'static str>,
     },
+    /// Several required settings have no value anywhere (said at once, not one per try).
+    #[error("{} are not set", keys.join(", "))]
+    MissingSeveral { keys: Vec<&'static str> },
     /// A config file exists but is not a JSON object.
     #[error("cannot use config file {path}: {reason}")]
     BadConfigFile { path: PathBuf, reason: String },
@@ -67,6 +70,9 @@ impl ConfigError {
     /// What the user can do next, when there is something useful to say.
     pub fn hint(&self) -> Option<String> {
         match self {
+            ConfigError::MissingSeveral { .. } => Some(
+                "nothing set up yet? `mfbatch stack deploy NAME` then `mfbatch configure --from-stack NAME` set every setting; or set each with its flag, METAFLOW_* variable or the config files (`mfbatch config` shows them)".into(),
+            ),
             ConfigError::Missing { key, flag } => Some(format!(
                 "{}export {key}=..., or add \"{key}\" to .metaflow/config.json or ~/.metaflowconfig/config.json; nothing set up yet? `mfbatch stack deploy NAME` then `mfbatch configure --from-stack NAME` set every setting (`mfbatch config` shows them)",
                 flag.map(|f| format!("pass {f}, ")).unwrap_or_default()

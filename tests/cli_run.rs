@@ -279,6 +279,16 @@ async fn bad_input_exits_2_naming_the_problem_before_any_aws_call() {
             args: &["run", "--detach", "step.py"],
             names: "METAFLOW_DATASTORE_SYSROOT_S3",
         },
+        BadInput {
+            name: "nothing configured",
+            setup: |cli| {
+                cli.remove_env("METAFLOW_DATASTORE_SYSROOT_S3")
+                    .remove_env("METAFLOW_BATCH_JOB_QUEUE")
+                    .remove_env("METAFLOW_ECS_S3_ACCESS_IAM_ROLE");
+            },
+            args: &["run", "--detach", "step.py"],
+            names: "METAFLOW_DATASTORE_SYSROOT_S3, METAFLOW_BATCH_JOB_QUEUE, METAFLOW_ECS_S3_ACCESS_IAM_ROLE are not set",
+        },
     ];
     let mut transcript = String::new();
     let mut first_cli = None;

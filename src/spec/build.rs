@@ -116,6 +116,19 @@ fn batch_target(
     user: Option<&str>,
     script: &str,
 ) -> Result<BatchTarget, ConfigError> {
+    // A newcomer is missing them all: say so once rather than one per try.
+    let missing: Vec<&'static str> = [
+        Key::DatastoreSysrootS3,
+        Key::BatchJobQueue,
+        Key::EcsS3AccessIamRole,
+    ]
+    .into_iter()
+    .filter(|key| settings.resolved(*key).is_none())
+    .map(Key::name)
+    .collect();
+    if missing.len() > 1 {
+        return Err(ConfigError::MissingSeveral { keys: missing });
+    }
     // The seed's rule: Batch needs the S3 datastore, so it is checked first.
     let sysroot = settings.require(Key::DatastoreSysrootS3)?;
     let datastore_root = S3Url::parse(&sysroot.value)
