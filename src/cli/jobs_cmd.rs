@@ -180,9 +180,7 @@ pub async fn kill(args: KillArgs, global: Global) -> Result<u8, Failure> {
     let budget = RateBudget::new(5.0);
     let mut code = exit::SUCCESS;
     for id in &args.job_ids {
-        // Batch ends a multi-node job with its main node and a dead node does nothing to it:
-        // stopping one node alone is not something the job can be asked to do.
-        if let Some((job, _)) = id.split_once('#') {
+        if let Some(job) = mfbatch::track::nodes::job_of_node(id) {
             eprintln!(
                 "{} {id} is a node of multi-node job {job}; nodes are not stopped alone\n{} mfbatch kill {job}   (stops every node)",
                 global.style.error("error:"),

@@ -411,9 +411,12 @@ impl Connection {
 
     async fn kill(&self, raw: &Value) -> Result<Value, RpcError> {
         let p: JobRef = params(raw)?;
-        // Batch ends a multi-node job with its main node and a dead node does nothing to it:
-        // a node is not stopped alone (as `mfbatch kill` refuses it).
-        if let Some((job, _)) = p.job_id.as_deref().and_then(|id| id.split_once('#')) {
+        // As `mfbatch kill` refuses it.
+        if let Some(job) = p
+            .job_id
+            .as_deref()
+            .and_then(crate::track::nodes::job_of_node)
+        {
             let id = p.job_id.as_deref().unwrap_or_default();
             return Err(RpcError::new(
                 INVALID_PARAMS,

@@ -55,6 +55,12 @@ pub fn node_id(job_id: &str, index: usize) -> String {
     format!("{job_id}#{index}")
 }
 
+/// The multi-node job a node id `<job>#<index>` belongs to; `None` for any other id. A node is
+/// not stopped alone: Batch ends the job with its main node, and a dead node does nothing to it.
+pub fn job_of_node(id: &str) -> Option<&str> {
+    id.split_once('#').map(|(job, _)| job)
+}
+
 pub(super) async fn run(
     tracker: Tracker,
     request: FollowRequest,

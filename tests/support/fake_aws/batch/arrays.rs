@@ -86,12 +86,7 @@ impl State {
         let script = self.scripted_arrays.pop_front().unwrap_or_default();
         let mut children = Vec::with_capacity(size);
         for index in 0..size {
-            let timeline = script
-                .children
-                .get(index)
-                .cloned()
-                .filter(|t| !t.phases.is_empty())
-                .unwrap_or_else(|| self.default_timeline.clone());
+            let timeline = self.part_timeline(&script.children, index);
             let id = format!("{parent_id}:{index}");
             let child = Job {
                 array_index: Some(index),

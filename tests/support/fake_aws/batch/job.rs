@@ -200,15 +200,7 @@ impl Job {
             "platformCapabilities": self.definition.get("platformCapabilities").cloned().unwrap_or_else(|| json!(["EC2"])),
         });
         let obj = detail.as_object_mut().expect("an object");
-        if let Some(reason) = &self.status_reason {
-            obj.insert("statusReason".into(), json!(reason));
-        }
-        if let Some(t) = self.started_at {
-            obj.insert("startedAt".into(), json!(t));
-        }
-        if let Some(t) = self.stopped_at {
-            obj.insert("stoppedAt".into(), json!(t));
-        }
+        self.insert_times(obj);
         if let Some(timeout) = self.submit.get("timeout") {
             obj.insert("timeout".into(), timeout.clone());
         }
@@ -238,6 +230,19 @@ impl Job {
         detail
     }
 
+    /// The fields DescribeJobs and ListJobs both give only once they are known.
+    fn insert_times(&self, obj: &mut serde_json::Map<String, Value>) {
+        if let Some(reason) = &self.status_reason {
+            obj.insert("statusReason".into(), json!(reason));
+        }
+        if let Some(t) = self.started_at {
+            obj.insert("startedAt".into(), json!(t));
+        }
+        if let Some(t) = self.stopped_at {
+            obj.insert("stoppedAt".into(), json!(t));
+        }
+    }
+
     pub(super) fn summary(&self) -> Value {
         let mut summary = json!({
             "jobArn": format!("{ARN_PREFIX}job/{}", self.id),
@@ -248,15 +253,7 @@ impl Job {
             "jobDefinition": self.definition_arn,
         });
         let obj = summary.as_object_mut().expect("an object");
-        if let Some(reason) = &self.status_reason {
-            obj.insert("statusReason".into(), json!(reason));
-        }
-        if let Some(t) = self.started_at {
-            obj.insert("startedAt".into(), json!(t));
-        }
-        if let Some(t) = self.stopped_at {
-            obj.insert("stoppedAt".into(), json!(t));
-        }
+        self.insert_times(obj);
         if let Some(array) = self.array_properties(false) {
             obj.insert("arrayProperties".into(), array);
         }
@@ -312,4 +309,15 @@ pub(super) fn container_of_attempt(a: &Attempt) -> Value {
         }
     }
     c
+}
+
+impl State {
+    /// Part `index`'s scripted timeline, or the default one past the script's end.
+    pub(super) fn part_timeline(&self, scripted: &[Timeline], index: usize) -> Timeline {
+        scripted
+            .get(index)
+            .cloned()
+            .filter(|t| !t.phases.is_empty())
+            .unwrap_or_else(|| self.default_timeline.clone())
+    }
 }

@@ -120,12 +120,7 @@ impl State {
             .unwrap_or(0) as usize;
         let mut nodes = Vec::new();
         for index in (0..num_nodes).filter(|_| !script.without_node_records) {
-            let timeline = script
-                .nodes
-                .get(index)
-                .cloned()
-                .filter(|t| !t.phases.is_empty())
-                .unwrap_or_else(|| self.default_timeline.clone());
+            let timeline = self.part_timeline(&script.nodes, index);
             let id = format!("{parent_id}#{index}");
             let node = Job {
                 node: Some(NodePlace {
